@@ -1,0 +1,44 @@
+//! Command line interface: one module per subcommand, each with its own `execute()`.
+
+use clap::{Parser, Subcommand};
+
+pub mod doctor;
+
+/// Run untrusted code in a Linux sandbox built from namespaces, cgroups, seccomp and Landlock.
+#[derive(Debug, Parser)]
+#[command(name = "kakoi", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check what this host supports and which isolation layers a run gets.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Entry point used by `main.rs`; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Doctor(args) => args.execute(),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            print_error_chain(&err);
+            125
+        }
+    }
+}
+
+/// Print an error with its causes, one per line, and any known hint.
+pub fn print_error_chain(err: &anyhow::Error) {
+    eprintln!("kakoi: error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

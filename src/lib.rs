@@ -1,0 +1,5 @@
+//! kakoi runs untrusted code as a bare Linux process inside fresh namespaces.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod sandbox;

@@ -1,0 +1,3 @@
+//! The native sandbox: prepare, clone, child checklist, init, parent.
+
+pub mod cgroup;
