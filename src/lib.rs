@@ -2,4 +2,10 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod result;
 pub mod sandbox;
+pub mod spec;
+
+pub use result::{RunResult, Status};
+pub use sandbox::{Sandbox, SandboxConfig};
+pub use spec::RunSpec;

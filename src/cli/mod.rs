@@ -2,7 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod common;
 pub mod doctor;
+pub mod exec;
+pub mod run;
 
 /// Run untrusted code in a Linux sandbox built from namespaces, cgroups, seccomp and Landlock.
 #[derive(Debug, Parser)]
@@ -16,6 +19,10 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in the sandbox: `kakoi exec [OPTIONS] -- CMD [ARGS...]`.
+    Exec(exec::ExecArgs),
+    /// Run a Python file in the sandbox: `kakoi run [OPTIONS] main.py [ARGS...]`.
+    Run(run::RunArgs),
     /// Check what this host supports and which isolation layers a run gets.
     Doctor(doctor::DoctorArgs),
 }
@@ -24,6 +31,8 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Exec(args) => args.execute(),
+        Command::Run(args) => args.execute(),
         Command::Doctor(args) => args.execute(),
     };
     match outcome {

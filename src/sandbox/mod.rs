@@ -1,3 +1,416 @@
-//! The native sandbox: prepare, clone, child checklist, init, parent.
+//! The native sandbox: prepare (before clone), clone, the child checklist, init (pid 1),
+//! and the parent that supervises, classifies and cleans up.
+//!
+//! ```text
+//!  launcher (single-threaded)                     child (pid 1 in new namespaces)
+//!  ─────────────────────────                      ───────────────────────────────
+//!  validate spec, prepare plan, create cgroup
+//!  clone3(NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS[, INTO_CGROUP]) ──▶ PDEATHSIG, wait
+//!  write setgroups/uid_map/gid_map
+//!  release 1 ─────────────────────────────────────▶ setsid, stdio, build root, pivot_root
+//!  attach cgroup (v1), release 2 ─────────────────▶ NEWCGROUP, rlimits, close fds,
+//!                                                   uid/gid 1000, drop caps, no_new_privs,
+//!                                                   Landlock, seccomp
+//!  poll: output, timeout, reports ◀── ExecOk ─────── init: fork + exec payload, reap, forward
+//!                                  ◀── Exit ──────── payload's wait status, init exits
+//!  wait4, cgroup stats, kill + rmdir cgroup
+//! ```
 
 pub mod cgroup;
+mod child;
+mod parent;
+mod prepare;
+pub mod protocol;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::errno::Errno;
+
+pub use child::Layers;
+pub use parent::{LaunchError, thread_count};
+pub use prepare::{PrepareError, SANDBOX_PATH};
+
+use crate::result::{
+    CgroupIsolation, Isolation, Outcome, RunResult, SetupFailure, Status, Timings, encode_output,
+    signal_name,
+};
+use crate::spec::{Network, RunSpec, SANDBOX_ID, SpecError, ValidSpec};
+use cgroup::{CgroupDriver, CgroupLimits, CgroupStats, DetectOptions, RunCgroup};
+use protocol::Stage;
+
+/// Errors that prevent a run from starting or being accounted. A payload that fails is
+/// not an error: it is a [`RunResult`] with a status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is invalid.
+    #[error("invalid run request")]
+    Spec(#[from] SpecError),
+    /// Preparing the run failed.
+    #[error("cannot prepare the sandbox")]
+    Prepare(#[from] PrepareError),
+    /// The launcher failed.
+    #[error("cannot launch the sandbox")]
+    Launch(#[from] LaunchError),
+    /// The run's cgroup could not be created.
+    #[error("cannot create the run's cgroup")]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// The runtime directory could not be created.
+    #[error("cannot create the runtime directory {path}")]
+    RuntimeDir {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How cgroups are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use cgroups when a writable hierarchy exists; otherwise fall back to rlimits and say so.
+    #[default]
+    Auto,
+    /// Fail when no cgroup is usable.
+    Required,
+    /// Never use cgroups (rlimit fallbacks only).
+    Off,
+}
+
+/// Host-wide settings shared by every run of a [`Sandbox`].
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Runtime directory (mount point of new roots). Default: `/run/kakoi` as root,
+    /// `$XDG_RUNTIME_DIR/kakoi` or `/tmp/kakoi-<uid>` otherwise.
+    pub runtime_dir: Option<PathBuf>,
+    /// cgroup use.
+    pub cgroups: CgroupMode,
+    /// cgroup detection settings.
+    pub cgroup_detect: DetectOptions,
+    /// Host uid/gid the sandbox user maps to when the launcher is root (default: a per-launcher
+    /// id in 2_000_000_000.. that no host account uses).
+    pub host_id: Option<u32>,
+}
+
+/// A sandbox factory: detects the host once, then runs any number of [`RunSpec`]s.
+///
+/// ```no_run
+/// use kakoi::{RunSpec, Sandbox, SandboxConfig, Status};
+///
+/// let sandbox = Sandbox::new(SandboxConfig::default())?;
+/// let result = sandbox.run(&RunSpec::command(["python3", "-c", "print(6 * 7)"]))?;
+/// assert_eq!(result.status, Status::Ok);
+/// assert_eq!(result.stdout, "42\n");
+/// # Ok::<(), kakoi::sandbox::Error>(())
+/// ```
+///
+/// `run` clones, so it must be called from a single-threaded process (the CLI, or
+/// `kakoi __launch` spawned by a server); from a multi-threaded process it returns
+/// [`LaunchError::MultiThreaded`].
+#[derive(Debug)]
+pub struct Sandbox {
+    root: PathBuf,
+    cgroup: Option<Box<dyn CgroupDriver>>,
+    cgroup_reason: Option<String>,
+    host_id: (u32, u32),
+    clear_groups: bool,
+}
+
+/// Per-run options that are not part of the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Copy the payload's output to our stdout/stderr while it runs (CLI without `--json`).
+    pub passthrough: bool,
+}
+
+const HOST_ID_BASE: u32 = 2_000_000_000;
+
+impl Sandbox {
+    /// Detect the host (cgroups, ids), remove state left by dead launchers, and create the
+    /// runtime directory.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
+        let euid = nix::unistd::geteuid().as_raw();
+        let egid = nix::unistd::getegid().as_raw();
+        let root = config
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(|| default_runtime_dir(euid))
+            .join("root");
+        std::fs::create_dir_all(&root).map_err(|source| Error::RuntimeDir {
+            path: root.clone(),
+            source,
+        })?;
+        let (cgroup, cgroup_reason) = match config.cgroups {
+            CgroupMode::Off => (None, Some("disabled by configuration".to_owned())),
+            mode => match cgroup::detect(&config.cgroup_detect) {
+                Ok(driver) => {
+                    if let Err(e) = driver.cleanup_stale() {
+                        tracing::warn!("cannot clean up stale cgroups: {e}");
+                    }
+                    (Some(driver), None)
+                }
+                Err(e) if mode == CgroupMode::Required => return Err(e.into()),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        let host_id = if euid == 0 {
+            let id = config
+                .host_id
+                .unwrap_or(HOST_ID_BASE + std::process::id() % 100_000_000);
+            (id, id)
+        } else {
+            (euid, egid)
+        };
+        Ok(Sandbox {
+            root,
+            cgroup,
+            cgroup_reason,
+            host_id,
+            clear_groups: euid == 0,
+        })
+    }
+
+    /// The cgroup driver in use, if any.
+    pub fn cgroup_driver(&self) -> Option<&dyn CgroupDriver> {
+        self.cgroup.as_deref()
+    }
+
+    /// Run one request and wait for it.
+    pub fn run(&self, spec: &RunSpec) -> Result<RunResult, Error> {
+        self.run_with(spec, RunOptions::default())
+    }
+
+    /// Run one request with per-run options.
+    pub fn run_with(&self, spec: &RunSpec, options: RunOptions) -> Result<RunResult, Error> {
+        let started = Instant::now();
+        let spec = spec.validate()?;
+        self.run_valid(&spec, options, started)
+    }
+
+    fn run_valid(
+        &self,
+        spec: &ValidSpec,
+        options: RunOptions,
+        started: Instant,
+    ) -> Result<RunResult, Error> {
+        let ctx = prepare::PrepareContext {
+            root: &self.root,
+            clear_groups: self.clear_groups,
+            fallback_memory: self.cgroup.is_none(),
+            fallback_pids: self.cgroup.is_none(),
+        };
+        let prepared = prepare::prepare(spec, &ctx)?;
+        let run_cgroup: Option<Box<dyn RunCgroup>> = match &self.cgroup {
+            Some(driver) => Some(driver.create(&CgroupLimits {
+                memory_bytes: spec.memory,
+                pids: spec.pids,
+                cpu_millicores: spec.cpu_millicores,
+            })?),
+            None => None,
+        };
+        let layers = Layers {
+            landlock: None,
+            seccomp: None,
+        };
+        let launched = parent::launch(&parent::LaunchParams {
+            prepared: &prepared,
+            cgroup: run_cgroup.as_deref(),
+            layers: &layers,
+            host_id: self.host_id,
+            timeout: spec.timeout,
+            output_limit: spec.output_limit,
+            passthrough: options.passthrough,
+            on_violation: None,
+        });
+        let cleanup_started = Instant::now();
+        let stats = run_cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
+        if let Some(c) = run_cgroup
+            && let Err(e) = c.destroy()
+        {
+            tracing::warn!("cannot remove the run's cgroup: {e}");
+        }
+        let observed = launched?;
+        let cleanup_ms = ms(cleanup_started.elapsed());
+        Ok(self.assemble(spec, &prepared, observed, stats, started, cleanup_ms))
+    }
+
+    fn assemble(
+        &self,
+        spec: &ValidSpec,
+        prepared: &prepare::Prepared,
+        o: parent::Observed,
+        stats: CgroupStats,
+        started: Instant,
+        cleanup_ms: f64,
+    ) -> RunResult {
+        let status_word = o.payload_status.unwrap_or(o.init_status);
+        let (exit_code, signal) = if o.setup_failure.is_some() {
+            (None, None)
+        } else if libc::WIFEXITED(status_word) {
+            (Some(libc::WEXITSTATUS(status_word)), None)
+        } else if libc::WIFSIGNALED(status_word) {
+            (None, Some(libc::WTERMSIG(status_word)))
+        } else {
+            (None, None)
+        };
+        let oom_killed = stats.oom_kills > 0;
+        let status = Status::classify(&Outcome {
+            exit_code,
+            signal,
+            timed_out: o.timed_out,
+            oom_killed,
+            truncated: o.stdout_truncated || o.stderr_truncated,
+            seccomp_violation: o.violation.is_some(),
+            setup_failed: o.setup_failure.is_some(),
+        });
+        let error = o
+            .setup_failure
+            .map(|(stage, detail, errno)| setup_failure(prepared, stage, detail, errno));
+        let (stdout, stdout_base64) = encode_output(&o.stdout);
+        let (stderr, stderr_base64) = encode_output(&o.stderr);
+        let tv_ms = |tv: libc::timeval| tv.tv_sec as f64 * 1000.0 + tv.tv_usec as f64 / 1000.0;
+        let cpu_user_ms = stats
+            .cpu_user_usec
+            .map_or_else(|| tv_ms(o.rusage.ru_utime), |us| us as f64 / 1000.0);
+        let cpu_sys_ms = stats
+            .cpu_system_usec
+            .map_or_else(|| tv_ms(o.rusage.ru_stime), |us| us as f64 / 1000.0);
+        let peak_memory_bytes = stats
+            .peak_memory_bytes
+            .or(Some(o.rusage.ru_maxrss as u64 * 1024));
+        let exec_at = o.exec_at.unwrap_or(o.exit_at);
+        RunResult {
+            status,
+            exit_code,
+            signal,
+            signal_name: signal.map(signal_name),
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+            stdout_truncated: o.stdout_truncated,
+            stderr_truncated: o.stderr_truncated,
+            wall_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
+            cpu_user_ms,
+            cpu_sys_ms,
+            peak_memory_bytes,
+            oom_killed,
+            seccomp_syscall: o.violation,
+            error,
+            timings: Timings {
+                env_ms: 0.0,
+                setup_ms: ms(exec_at.saturating_duration_since(started)),
+                run_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
+                cleanup_ms,
+            },
+            isolation: self.isolation(spec, prepared),
+        }
+    }
+
+    fn isolation(&self, spec: &ValidSpec, prepared: &prepare::Prepared) -> Isolation {
+        let mut namespaces: Vec<String> = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if spec.network == Network::None {
+            namespaces.insert(2, "net".into());
+        }
+        let cgroup = match &self.cgroup {
+            Some(d) => CgroupIsolation {
+                version: match d.version() {
+                    cgroup::CgroupVersion::V1 => "v1".into(),
+                    cgroup::CgroupVersion::V2 => "v2".into(),
+                },
+                controllers: d.controllers(),
+                reason: None,
+            },
+            None => CgroupIsolation {
+                version: "none".into(),
+                controllers: vec![],
+                reason: self.cgroup_reason.clone(),
+            },
+        };
+        let rlimit_fallbacks = if self.cgroup.is_none() {
+            vec!["as (memory)".into(), "nproc (pids)".into()]
+        } else {
+            vec![]
+        };
+        Isolation {
+            namespaces,
+            uid: SANDBOX_ID,
+            gid: SANDBOX_ID,
+            host_uid: self.host_id.0,
+            capabilities: vec![],
+            no_new_privs: true,
+            network: match spec.network {
+                Network::None => "none".into(),
+                Network::Host => "host".into(),
+            },
+            cgroup,
+            rlimits: prepared.rlimit_names.clone(),
+            rlimit_fallbacks,
+            seccomp: None,
+            landlock: None,
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn default_runtime_dir(euid: u32) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from("/run/kakoi");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => Path::new(&dir).join("kakoi"),
+        _ => PathBuf::from(format!("/tmp/kakoi-{euid}")),
+    }
+}
+
+/// Turn a child's `{stage, detail, errno}` into a message with the step's subject and a hint.
+fn setup_failure(p: &prepare::Prepared, stage: Stage, detail: u32, errno: Errno) -> SetupFailure {
+    let subject = match stage {
+        Stage::Rootfs => p.op_labels.get(detail as usize).cloned(),
+        Stage::Rlimit => p.rlimit_names.get(detail as usize).map(|(n, v)| format!("{n}={v}")),
+        Stage::Exec => Some(p.program.to_string_lossy().into_owned()),
+        _ => None,
+    };
+    let errno_name = format!("{errno:?}");
+    let message = match &subject {
+        Some(s) => format!(
+            "sandbox setup failed at {} ({s}): {errno_name} ({})",
+            stage.name(),
+            errno.desc()
+        ),
+        None => format!(
+            "sandbox setup failed at {}: {errno_name} ({})",
+            stage.name(),
+            errno.desc()
+        ),
+    };
+    let hint = match (stage, errno) {
+        (Stage::Exec, Errno::ENOENT) => Some(
+            "the program does not exist inside the sandbox; only /usr, /bin, /lib* and --bind-ro paths are visible".into(),
+        ),
+        (Stage::Exec, Errno::EACCES) => Some("the program is not executable by uid 1000".into()),
+        (Stage::Rootfs, Errno::EPERM) if subject.as_deref() == Some("mount /proc") => Some(
+            "a new /proc cannot be mounted because the host's /proc has masked paths; in Docker run with --security-opt systempaths=unconfined".into(),
+        ),
+        (Stage::Rootfs, Errno::EPERM) => Some(
+            "mounting in a user namespace was refused; run `kakoi doctor` (AppArmor or a container seccomp profile may block it)".into(),
+        ),
+        _ => None,
+    };
+    SetupFailure {
+        stage: stage.name().into(),
+        detail: subject,
+        errno: errno as i32,
+        errno_name,
+        message,
+        hint,
+    }
+}

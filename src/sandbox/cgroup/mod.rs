@@ -129,3 +129,31 @@ pub trait RunCgroup: Send + std::fmt::Debug {
     /// Human-readable path (for diagnostics and the result's `isolation` object).
     fn path(&self) -> String;
 }
+
+/// How to find the host's cgroup hierarchy.
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    /// Root of procfs (`/proc`).
+    pub proc_root: PathBuf,
+    /// Name of kakoi's parent cgroup (`kakoi`).
+    pub base_name: String,
+    /// Force a version instead of auto-detecting.
+    pub prefer: Option<CgroupVersion>,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions {
+            proc_root: "/proc".into(),
+            base_name: "kakoi".into(),
+            prefer: None,
+        }
+    }
+}
+
+/// Find a usable cgroup hierarchy (placeholder until the drivers land).
+pub fn detect(_options: &DetectOptions) -> Result<Box<dyn CgroupDriver>, CgroupError> {
+    Err(CgroupError::Unavailable {
+        reason: "cgroup drivers are not built yet".into(),
+    })
+}

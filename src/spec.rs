@@ -1,0 +1,513 @@
+//! What to run and under which limits: a raw, serde-friendly [`RunSpec`] and the immutable
+//! [`ValidSpec`] that [`RunSpec::validate`] produces. Only a `ValidSpec` reaches the sandbox.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default wall-clock timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default memory limit (swap is always zero).
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+/// Default maximum number of tasks.
+pub const DEFAULT_PIDS: u64 = 64;
+/// Default CPU bandwidth: one core.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Default cap per output stream.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
+/// Default size of the /tmp tmpfs (also used for the workdir and /dev/shm).
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+/// Default RLIMIT_NOFILE.
+pub const DEFAULT_NOFILE: u64 = 256;
+
+/// Where the workdir is mounted inside the sandbox.
+pub const WORKDIR: &str = "/work";
+/// uid and gid of the payload inside the sandbox.
+pub const SANDBOX_ID: u32 = 1000;
+
+/// Network policy of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A new network namespace with only `lo`, up.
+    #[default]
+    None,
+    /// The host's network namespace (no network isolation at all).
+    Host,
+}
+
+/// Resource limits of a run. `None` fields take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock timeout in seconds.
+    pub timeout: Option<f64>,
+    /// CPU time limit per process in seconds (RLIMIT_CPU).
+    pub cpu_time: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids: Option<u64>,
+    /// CPU bandwidth in cores (0.5 = half a core).
+    pub cpus: Option<f64>,
+    /// Cap per output stream in bytes.
+    pub output_limit: Option<u64>,
+    /// Size of /tmp, the workdir and /dev/shm (each) in bytes.
+    pub tmp_size: Option<u64>,
+    /// Maximum number of open files per process.
+    pub nofile: Option<u64>,
+}
+
+/// Where an input file comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A file on the host, opened by the launcher with its own permissions.
+    Path(PathBuf),
+    /// Bytes given in the request.
+    Bytes(Vec<u8>),
+}
+
+/// A file copied into the workdir before the payload starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// The content.
+    pub source: Source,
+    /// Path relative to the workdir.
+    pub dest: PathBuf,
+}
+
+/// A read-only bind of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRo {
+    /// Host path.
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub sandbox: PathBuf,
+}
+
+/// A request to run one command. Build it directly or with [`RunSpec::command`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSpec {
+    /// Program and arguments. A program without `/` is looked up in the sandbox's PATH.
+    pub argv: Vec<OsString>,
+    /// Extra environment variables (added to the sandbox's small default environment).
+    pub env: Vec<(String, String)>,
+    /// Limits.
+    pub limits: Limits,
+    /// Standard input; `None` is `/dev/null`.
+    pub stdin: Option<Source>,
+    /// Files placed in the workdir.
+    pub files: Vec<InputFile>,
+    /// Extra read-only binds.
+    pub binds_ro: Vec<BindRo>,
+    /// Network policy.
+    pub network: Network,
+}
+
+impl RunSpec {
+    /// A spec running `argv` with default limits.
+    pub fn command<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        RunSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..RunSpec::default()
+        }
+    }
+
+    /// Check every field and produce the immutable spec the sandbox runs.
+    pub fn validate(&self) -> Result<ValidSpec, SpecError> {
+        let Some(program) = self.argv.first() else {
+            return Err(SpecError::EmptyCommand);
+        };
+        if program.is_empty() {
+            return Err(SpecError::EmptyCommand);
+        }
+        for arg in &self.argv {
+            if arg.as_bytes().contains(&0) {
+                return Err(SpecError::Nul { what: "argument" });
+            }
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SpecError::EnvKey { key: key.clone() });
+            }
+            if value.contains('\0') {
+                return Err(SpecError::Nul { what: "environment value" });
+            }
+        }
+        let l = &self.limits;
+        let timeout = seconds("timeout", l.timeout, DEFAULT_TIMEOUT, 0.001, 86_400.0)?;
+        let cpu_time = match l.cpu_time {
+            None => None,
+            Some(s) => Some(seconds("cpu-time", Some(s), DEFAULT_TIMEOUT, 1.0, 86_400.0)?),
+        };
+        let memory = range("memory", l.memory.unwrap_or(DEFAULT_MEMORY), 4 << 20, 1 << 44)?;
+        let pids = range("pids", l.pids.unwrap_or(DEFAULT_PIDS), 1, 1 << 22)?;
+        let cpus = l.cpus.unwrap_or(DEFAULT_CPUS);
+        if !(cpus.is_finite() && (0.01..=4096.0).contains(&cpus)) {
+            return Err(SpecError::Range {
+                what: "cpus",
+                value: cpus.to_string(),
+                min: "0.01".into(),
+                max: "4096".into(),
+            });
+        }
+        let output_limit = range(
+            "output-limit",
+            l.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+            0,
+            1 << 32,
+        )?;
+        let tmp_size = range(
+            "tmp-size",
+            l.tmp_size.unwrap_or(DEFAULT_TMP_SIZE),
+            1 << 20,
+            1 << 40,
+        )?;
+        let nofile = range("nofile", l.nofile.unwrap_or(DEFAULT_NOFILE), 16, 1 << 20)?;
+
+        let mut files = Vec::with_capacity(self.files.len());
+        for file in &self.files {
+            let dest = relative_dest(&file.dest)?;
+            if files.iter().any(|f: &InputFile| f.dest == dest) {
+                return Err(SpecError::DuplicateDest { dest });
+            }
+            files.push(InputFile {
+                source: file.source.clone(),
+                dest,
+            });
+        }
+        let mut binds_ro = Vec::with_capacity(self.binds_ro.len());
+        for bind in &self.binds_ro {
+            binds_ro.push(validate_bind(bind)?);
+        }
+        Ok(ValidSpec {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            timeout,
+            cpu_time,
+            memory,
+            pids,
+            cpu_millicores: (cpus * 1000.0).round() as u64,
+            output_limit,
+            tmp_size,
+            nofile,
+            stdin: self.stdin.clone(),
+            files,
+            binds_ro,
+            network: self.network,
+        })
+    }
+}
+
+/// A validated, immutable run request. Produced only by [`RunSpec::validate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    /// Program and arguments (non-empty, no NUL).
+    pub argv: Vec<OsString>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock timeout.
+    pub timeout: Duration,
+    /// RLIMIT_CPU, if any.
+    pub cpu_time: Option<Duration>,
+    /// Memory limit in bytes.
+    pub memory: u64,
+    /// Task limit.
+    pub pids: u64,
+    /// CPU bandwidth in thousandths of a core.
+    pub cpu_millicores: u64,
+    /// Cap per output stream.
+    pub output_limit: u64,
+    /// Size of each tmpfs.
+    pub tmp_size: u64,
+    /// RLIMIT_NOFILE.
+    pub nofile: u64,
+    /// Standard input.
+    pub stdin: Option<Source>,
+    /// Input files with normalized relative destinations.
+    pub files: Vec<InputFile>,
+    /// Read-only binds with canonical host paths.
+    pub binds_ro: Vec<BindRo>,
+    /// Network policy.
+    pub network: Network,
+}
+
+/// Why a [`RunSpec`] was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// No program was given.
+    #[error("no command given")]
+    EmptyCommand,
+    /// A string holds a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which field.
+        what: &'static str,
+    },
+    /// An environment variable name is not valid.
+    #[error("invalid environment variable name {key:?}")]
+    EnvKey {
+        /// The name.
+        key: String,
+    },
+    /// A limit is out of range.
+    #[error("{what} {value} is out of range ({min}..={max})")]
+    Range {
+        /// Which limit.
+        what: &'static str,
+        /// The given value.
+        value: String,
+        /// Smallest accepted value.
+        min: String,
+        /// Largest accepted value.
+        max: String,
+    },
+    /// A workdir destination escapes the workdir or is empty.
+    #[error("file destination {dest:?} must be a relative path inside the workdir without '..'")]
+    BadDest {
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// Two files have the same destination.
+    #[error("two input files have the destination {dest:?}")]
+    DuplicateDest {
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// A bind's host path does not exist.
+    #[error("bind source {path:?} does not exist or cannot be resolved")]
+    BindSource {
+        /// The host path.
+        path: PathBuf,
+    },
+    /// A bind's sandbox path is not acceptable.
+    #[error("bind target {path:?} {reason}")]
+    BindTarget {
+        /// The sandbox path.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+fn seconds(
+    what: &'static str,
+    value: Option<f64>,
+    default: Duration,
+    min: f64,
+    max: f64,
+) -> Result<Duration, SpecError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    if !(value.is_finite() && (min..=max).contains(&value)) {
+        return Err(SpecError::Range {
+            what,
+            value: value.to_string(),
+            min: min.to_string(),
+            max: max.to_string(),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn range(what: &'static str, value: u64, min: u64, max: u64) -> Result<u64, SpecError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(SpecError::Range {
+            what,
+            value: value.to_string(),
+            min: min.to_string(),
+            max: max.to_string(),
+        })
+    }
+}
+
+/// Normalize a workdir destination: relative, no `..`, no root, not empty.
+fn relative_dest(dest: &Path) -> Result<PathBuf, SpecError> {
+    let mut out = PathBuf::new();
+    for component in dest.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => return Err(SpecError::BadDest { dest: dest.into() }),
+        }
+    }
+    if out.as_os_str().is_empty() || out.as_os_str().as_bytes().contains(&0) {
+        return Err(SpecError::BadDest { dest: dest.into() });
+    }
+    Ok(out)
+}
+
+/// Sandbox paths a bind may not cover: the skeleton kakoi builds itself.
+const RESERVED_TARGETS: &[&str] = &["/", "/proc", "/dev", "/tmp", "/etc", WORKDIR, "/usr"];
+
+fn validate_bind(bind: &BindRo) -> Result<BindRo, SpecError> {
+    let host = std::fs::canonicalize(&bind.host).map_err(|_| SpecError::BindSource {
+        path: bind.host.clone(),
+    })?;
+    let target = &bind.sandbox;
+    if !target.is_absolute() {
+        return Err(SpecError::BindTarget {
+            path: target.clone(),
+            reason: "must be absolute",
+        });
+    }
+    let mut normal = PathBuf::from("/");
+    for component in target.components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => normal.push(part),
+            _ => {
+                return Err(SpecError::BindTarget {
+                    path: target.clone(),
+                    reason: "must not contain '..'",
+                });
+            }
+        }
+    }
+    let reserved = normal == Path::new("/")
+        || RESERVED_TARGETS
+            .iter()
+            .any(|r| *r != "/" && normal.starts_with(r));
+    if reserved {
+        return Err(SpecError::BindTarget {
+            path: target.clone(),
+            reason: "is reserved by the sandbox layout (/, /proc, /dev, /tmp, /etc, /work, /usr)",
+        });
+    }
+    Ok(BindRo {
+        host,
+        sandbox: normal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec::command(["/bin/true"])
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let v = spec().validate().unwrap();
+        assert_eq!(v.timeout, Duration::from_secs(10));
+        assert_eq!(v.memory, 256 << 20);
+        assert_eq!(v.pids, 64);
+        assert_eq!(v.cpu_millicores, 1000);
+        assert_eq!(v.output_limit, 1 << 20);
+        assert_eq!(v.tmp_size, 64 << 20);
+        assert_eq!(v.network, Network::None);
+    }
+
+    #[test]
+    fn empty_command_is_refused() {
+        assert_eq!(
+            RunSpec::default().validate(),
+            Err(SpecError::EmptyCommand)
+        );
+        assert_eq!(
+            RunSpec::command([""]).validate(),
+            Err(SpecError::EmptyCommand)
+        );
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_limit() {
+        let mut s = spec();
+        s.limits.timeout = Some(0.0);
+        assert!(matches!(s.validate(), Err(SpecError::Range { what: "timeout", .. })));
+        let mut s = spec();
+        s.limits.timeout = Some(f64::NAN);
+        assert!(matches!(s.validate(), Err(SpecError::Range { what: "timeout", .. })));
+        let mut s = spec();
+        s.limits.memory = Some(1024);
+        assert!(matches!(s.validate(), Err(SpecError::Range { what: "memory", .. })));
+        let mut s = spec();
+        s.limits.pids = Some(0);
+        assert!(matches!(s.validate(), Err(SpecError::Range { what: "pids", .. })));
+        let mut s = spec();
+        s.limits.cpus = Some(-1.0);
+        assert!(matches!(s.validate(), Err(SpecError::Range { what: "cpus", .. })));
+    }
+
+    #[test]
+    fn env_names_and_nul_bytes_are_checked() {
+        let mut s = spec();
+        s.env.push(("A=B".into(), "x".into()));
+        assert!(matches!(s.validate(), Err(SpecError::EnvKey { .. })));
+        let mut s = spec();
+        s.env.push(("A".into(), "x\0y".into()));
+        assert!(matches!(s.validate(), Err(SpecError::Nul { .. })));
+        let mut s = spec();
+        s.argv.push(OsString::from("a\0b"));
+        assert!(matches!(s.validate(), Err(SpecError::Nul { .. })));
+    }
+
+    #[test]
+    fn file_destinations_stay_in_the_workdir() {
+        for bad in ["../x", "/etc/passwd", "", ".", "a/../../b"] {
+            let mut s = spec();
+            s.files.push(InputFile {
+                source: Source::Bytes(vec![]),
+                dest: bad.into(),
+            });
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadDest { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        let mut s = spec();
+        s.files.push(InputFile {
+            source: Source::Bytes(vec![]),
+            dest: "./data//x.csv".into(),
+        });
+        assert_eq!(s.validate().unwrap().files[0].dest, PathBuf::from("data/x.csv"));
+        s.files.push(InputFile {
+            source: Source::Bytes(vec![1]),
+            dest: "data/x.csv".into(),
+        });
+        assert!(matches!(s.validate(), Err(SpecError::DuplicateDest { .. })));
+    }
+
+    #[test]
+    fn binds_cannot_cover_the_skeleton() {
+        for target in ["/", "/proc/x", "/dev", "/tmp", "/work/a", "relative", "/a/../proc"] {
+            let mut s = spec();
+            s.binds_ro.push(BindRo {
+                host: "/usr".into(),
+                sandbox: target.into(),
+            });
+            assert!(
+                matches!(s.validate(), Err(SpecError::BindTarget { .. })),
+                "{target:?} accepted"
+            );
+        }
+        let mut s = spec();
+        s.binds_ro.push(BindRo {
+            host: "/nonexistent/kakoi".into(),
+            sandbox: "/data".into(),
+        });
+        assert!(matches!(s.validate(), Err(SpecError::BindSource { .. })));
+        let mut s = spec();
+        s.binds_ro.push(BindRo {
+            host: "/usr/share".into(),
+            sandbox: "/opt/data".into(),
+        });
+        assert_eq!(s.validate().unwrap().binds_ro[0].sandbox, PathBuf::from("/opt/data"));
+    }
+}
