@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod host;
 pub mod result;
 pub mod sandbox;
 pub mod spec;
