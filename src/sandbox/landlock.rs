@@ -1,0 +1,1 @@
+//! Landlock (placeholder while seccomp is built).
