@@ -623,6 +623,26 @@ mod tests {
     }
 
     #[test]
+    fn every_checked_in_policy_compiles_for_its_arch() {
+        for (arch, target) in [
+            ("x86_64", seccompiler::TargetArch::x86_64),
+            ("aarch64", seccompiler::TargetArch::aarch64),
+        ] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("seccomp")
+                .join(arch);
+            let text = std::fs::read_to_string(dir.join("default.json")).unwrap();
+            let compiled = compile::compile_policy(&text, target).unwrap();
+            let listed = std::fs::read_to_string(dir.join("default.allowed.txt")).unwrap();
+            let listed: Vec<&str> = listed.lines().filter(|l| !l.starts_with('#')).collect();
+            assert_eq!(
+                compiled.allowed, listed,
+                "{arch}: update default.allowed.txt"
+            );
+        }
+    }
+
+    #[test]
     fn syscall_names_round_trip() {
         for name in ["read", "keyctl", "bpf", "perf_event_open", "io_uring_setup"] {
             let nr = syscall_number(name).unwrap();
