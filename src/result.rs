@@ -92,6 +92,9 @@ pub struct SetupFailure {
     pub stage: String,
     /// What the step was working on, e.g. a path.
     pub detail: Option<String>,
+    /// Index of that subject in the step's list (internal).
+    #[serde(skip)]
+    pub detail_index: Option<u32>,
     /// The errno.
     pub errno: i32,
     /// The errno's symbolic name, e.g. `EPERM`.

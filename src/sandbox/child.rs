@@ -27,6 +27,8 @@ pub struct ChildFds {
     pub stdout: RawFd,
     /// Write end of the stderr pipe.
     pub stderr: RawFd,
+    /// One more fd to keep open across the fd cleanup (the Landlock ruleset).
+    pub keep: Option<RawFd>,
 }
 
 /// The kernel layers applied at the end of the checklist, prepared by the parent.
@@ -125,9 +127,16 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
         }
     }
 
-    // 8. Close every inherited fd except stdio and the report socket.
-    step(Stage::CloseFds, sys::close_range(3, (r - 1) as u32));
-    step(Stage::CloseFds, sys::close_range((r + 1) as u32, u32::MAX));
+    // 8. Close every inherited fd except stdio, the report socket and the Landlock ruleset.
+    let (low, high) = match fds.keep {
+        Some(k) if k != r => (r.min(k), r.max(k)),
+        _ => (r, r),
+    };
+    step(Stage::CloseFds, sys::close_range(3, (low - 1) as u32));
+    if high != low {
+        step(Stage::CloseFds, sys::close_range((low + 1) as u32, (high - 1) as u32));
+    }
+    step(Stage::CloseFds, sys::close_range((high + 1) as u32, u32::MAX));
 
     // 9. Capabilities: our original uid was not root of this user namespace (it is not
     //    mapped), so the setresuid of step 3 kept the capabilities that creating the

@@ -18,9 +18,11 @@
 
 pub mod cgroup;
 mod child;
+pub mod landlock;
 mod parent;
 mod prepare;
 pub mod protocol;
+pub mod seccomp;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ use crate::result::{
     signal_name,
 };
 use crate::spec::{Network, RunSpec, SANDBOX_ID, SpecError, ValidSpec};
+use landlock::{LandlockMode, LandlockPlan, LandlockSpec};
 use cgroup::{CgroupDriver, CgroupLimits, CgroupStats, DetectOptions, RunCgroup};
 use protocol::Stage;
 
@@ -56,6 +59,12 @@ pub enum Error {
     /// The run's cgroup could not be created.
     #[error("cannot create the run's cgroup")]
     Cgroup(#[from] cgroup::CgroupError),
+    /// The seccomp policy could not be loaded.
+    #[error("cannot load the seccomp policy")]
+    Seccomp(#[from] seccomp::SeccompError),
+    /// The Landlock ruleset could not be prepared.
+    #[error("cannot prepare the Landlock ruleset")]
+    Landlock(#[from] landlock::LandlockError),
     /// The runtime directory could not be created.
     #[error("cannot create the runtime directory {path}")]
     RuntimeDir {
@@ -80,7 +89,7 @@ pub enum CgroupMode {
 }
 
 /// Host-wide settings shared by every run of a [`Sandbox`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Runtime directory (mount point of new roots). Default: `/run/kakoi` as root,
     /// `$XDG_RUNTIME_DIR/kakoi` or `/tmp/kakoi-<uid>` otherwise.
@@ -92,6 +101,35 @@ pub struct SandboxConfig {
     /// Host uid/gid the sandbox user maps to when the launcher is root (default: a per-launcher
     /// id in 2_000_000_000.. that no host account uses).
     pub host_id: Option<u32>,
+    /// seccomp policy.
+    pub seccomp: SeccompSetting,
+    /// Landlock enforcement; `None` turns Landlock off.
+    pub landlock: Option<LandlockMode>,
+}
+
+/// Which seccomp policy runs get.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SeccompSetting {
+    /// The built-in allowlist (`seccomp/<arch>/default.json`).
+    #[default]
+    Default,
+    /// A policy file in seccompiler JSON (see `seccomp/README.md`).
+    File(PathBuf),
+    /// No seccomp filter (an operator's explicit choice; reported in `isolation`).
+    Disabled,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            runtime_dir: None,
+            cgroups: CgroupMode::Auto,
+            cgroup_detect: DetectOptions::default(),
+            host_id: None,
+            seccomp: SeccompSetting::Default,
+            landlock: Some(LandlockMode::Strict),
+        }
+    }
 }
 
 /// A sandbox factory: detects the host once, then runs any number of [`RunSpec`]s.
@@ -116,6 +154,8 @@ pub struct Sandbox {
     cgroup_reason: Option<String>,
     host_id: (u32, u32),
     clear_groups: bool,
+    seccomp: Option<seccomp::SeccompPolicy>,
+    landlock: Option<LandlockMode>,
 }
 
 /// Per-run options that are not part of the request.
@@ -163,12 +203,19 @@ impl Sandbox {
         } else {
             (euid, egid)
         };
+        let seccomp = match &config.seccomp {
+            SeccompSetting::Default => Some(seccomp::SeccompPolicy::default_policy()?),
+            SeccompSetting::File(path) => Some(seccomp::SeccompPolicy::from_file(path)?),
+            SeccompSetting::Disabled => None,
+        };
         Ok(Sandbox {
             root,
             cgroup,
             cgroup_reason,
             host_id,
             clear_groups: euid == 0,
+            seccomp,
+            landlock: config.landlock,
         })
     }
 
@@ -210,19 +257,44 @@ impl Sandbox {
             })?),
             None => None,
         };
+        let landlock_plan = match self.landlock {
+            Some(mode) => Some(LandlockPlan::prepare_with(&LandlockSpec {
+                ro_exec_host_paths: &prepared.ro_host_paths,
+                ro_sandbox_paths: &["/"],
+                rw_sandbox_paths: LANDLOCK_WRITABLE,
+                network_off: spec.network == Network::None,
+                mode,
+            })?),
+            None => None,
+        };
+        let apply_landlock = || match &landlock_plan {
+            Some(plan) => plan.apply_in_child(),
+            None => Ok(()),
+        };
+        let install_seccomp = || match &self.seccomp {
+            Some(policy) => policy.install(),
+            None => Ok(None),
+        };
+        let on_violation = |fd: std::os::fd::BorrowedFd<'_>| {
+            seccomp::receive_violation(fd).ok().map(|v| v.syscall)
+        };
         let layers = Layers {
-            landlock: None,
-            seccomp: None,
+            landlock: landlock_plan.as_ref().map(|_| &apply_landlock as _),
+            seccomp: self.seccomp.as_ref().map(|_| &install_seccomp as _),
         };
         let launched = parent::launch(&parent::LaunchParams {
             prepared: &prepared,
             cgroup: run_cgroup.as_deref(),
             layers: &layers,
+            keep_fd: landlock_plan
+                .as_ref()
+                .and_then(|p| p.ruleset_fd())
+                .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd)),
             host_id: self.host_id,
             timeout: spec.timeout,
             output_limit: spec.output_limit,
             passthrough: options.passthrough,
-            on_violation: None,
+            on_violation: Some(&on_violation),
         });
         let cleanup_started = Instant::now();
         let stats = run_cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
@@ -233,7 +305,21 @@ impl Sandbox {
         }
         let observed = launched?;
         let cleanup_ms = ms(cleanup_started.elapsed());
-        Ok(self.assemble(spec, &prepared, observed, stats, started, cleanup_ms))
+        let mut result = self.assemble(spec, &prepared, observed, stats, started, cleanup_ms);
+        if let Some(error) = &mut result.error
+            && error.stage == Stage::Landlock.name()
+            && let Some(plan) = &landlock_plan
+        {
+            error.detail = Some(plan.describe_failure(error_detail_index(error)));
+        }
+        result.isolation.seccomp = self
+            .seccomp
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p.summary()).ok());
+        result.isolation.landlock = landlock_plan
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p.summary()).ok());
+        Ok(result)
     }
 
     fn assemble(
@@ -357,6 +443,22 @@ impl Sandbox {
     }
 }
 
+/// In-sandbox paths Landlock lets the payload write (and execute: compiled programs).
+const LANDLOCK_WRITABLE: &[&str] = &[
+    "/tmp",
+    crate::spec::WORKDIR,
+    "/dev/shm",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+fn error_detail_index(error: &SetupFailure) -> u32 {
+    error.detail_index.unwrap_or(0)
+}
+
 fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
@@ -408,6 +510,7 @@ fn setup_failure(p: &prepare::Prepared, stage: Stage, detail: u32, errno: Errno)
     SetupFailure {
         stage: stage.name().into(),
         detail: subject,
+        detail_index: Some(detail),
         errno: errno as i32,
         errno_name,
         message,

@@ -88,6 +88,8 @@ pub struct LaunchParams<'a> {
     pub cgroup: Option<&'a dyn RunCgroup>,
     /// Kernel layers for the child.
     pub layers: &'a Layers<'a>,
+    /// An fd the child must keep open (the Landlock ruleset).
+    pub keep_fd: Option<std::os::fd::RawFd>,
     /// Host uid and gid the sandbox id maps to.
     pub host_id: (u32, u32),
     /// Wall-clock limit from exec.
@@ -158,6 +160,7 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
                 report: child_sock.as_raw_fd(),
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
+                keep: params.keep_fd,
             };
             child::run(p, fds, params.layers)
         }
@@ -363,9 +366,13 @@ fn supervise(
                 }
                 _ => {
                     if let (Some(fd), Some(handler)) = (&listener, params.on_violation) {
-                        if let Some(name) = handler(fd.as_fd()) {
-                            violation.get_or_insert(name);
-                            kill();
+                        match handler(fd.as_fd()) {
+                            Some(name) => {
+                                violation.get_or_insert(name);
+                                kill();
+                            }
+                            // No pending notification: the filter's users are gone (POLLHUP).
+                            None => listener = None,
                         }
                     }
                 }

@@ -145,6 +145,8 @@ pub struct Prepared {
     pub envp_ptrs: Vec<*const libc::c_char>,
     /// fd that becomes the payload's stdin.
     pub stdin: OwnedFd,
+    /// Host paths bound read-only into the sandbox (Landlock read+execute rules).
+    pub ro_host_paths: Vec<PathBuf>,
 }
 
 /// Preparation failures (before anything is cloned).
@@ -209,6 +211,7 @@ fn path_c(p: &Path) -> CString {
 
 struct Plan {
     root: PathBuf,
+    ro_host_paths: Vec<PathBuf>,
     ops: Vec<Op>,
     labels: Vec<String>,
 }
@@ -245,6 +248,7 @@ impl Plan {
     }
 
     fn bind_ro(&mut self, host: &Path, sandbox: &str) {
+        self.ro_host_paths.push(host.to_path_buf());
         let op = Op::BindReadOnly {
             source: path_c(host),
             target: self.at(sandbox),
@@ -273,6 +277,7 @@ impl Plan {
 pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, PrepareError> {
     let mut plan = Plan {
         root: ctx.root.to_path_buf(),
+        ro_host_paths: Vec::new(),
         ops: Vec::with_capacity(64),
         labels: Vec::with_capacity(64),
     };
@@ -486,6 +491,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         argv_ptrs,
         envp_ptrs,
         stdin,
+        ro_host_paths: plan.ro_host_paths,
     })
 }
 

@@ -1,0 +1,105 @@
+//! Compiles the seccomp policies in `seccomp/<arch>/` to BPF for the target architecture.
+//!
+//! Outputs in `OUT_DIR`: `default.{allow,enosys,report}.bpf` (raw `sock_filter` arrays,
+//! little-endian `code:u16 jt:u8 jf:u8 k:u32`) and `seccomp_generated.rs` (syscall names of the
+//! policy and the architecture's syscall table), included by `src/sandbox/seccomp.rs`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[path = "seccomp/compile.rs"]
+#[allow(dead_code)]
+mod compile;
+
+fn main() {
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let dir = Path::new("seccomp").join(&arch);
+    println!("cargo::rerun-if-changed=seccomp/compile.rs");
+    println!("cargo::rerun-if-changed=seccomp/{arch}");
+    let policy_path = dir.join("default.json");
+    let table_path = dir.join("syscall_table.tsv");
+    let mut generated = String::new();
+    writeln!(
+        generated,
+        "/// Architecture the embedded policy was compiled for."
+    )
+    .unwrap();
+    writeln!(generated, "pub const POLICY_ARCH: &str = {arch:?};").unwrap();
+
+    let supported = matches!(arch.as_str(), "x86_64" | "aarch64");
+    let (allowed, reported) = if supported {
+        let target = seccompiler::TargetArch::try_from(arch.as_str()).expect("supported arch");
+        let text = std::fs::read_to_string(&policy_path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", policy_path.display()));
+        let compiled = compile::compile_policy(&text, target)
+            .unwrap_or_else(|e| panic!("invalid seccomp policy {}: {e}", policy_path.display()));
+        for (name, program) in [
+            ("allow", &compiled.allow),
+            ("enosys", &compiled.enosys),
+            ("report", &compiled.report),
+        ] {
+            let mut bytes = Vec::with_capacity(program.len() * 8);
+            for instruction in program {
+                bytes.extend_from_slice(&instruction.code.to_le_bytes());
+                bytes.push(instruction.jt);
+                bytes.push(instruction.jf);
+                bytes.extend_from_slice(&instruction.k.to_le_bytes());
+            }
+            std::fs::write(out.join(format!("default.{name}.bpf")), bytes).unwrap();
+        }
+        (compiled.allowed, compiled.reported)
+    } else {
+        // Unsupported target: an empty policy; `SeccompPolicy::default_policy` reports it.
+        for name in ["allow", "enosys", "report"] {
+            std::fs::write(out.join(format!("default.{name}.bpf")), []).unwrap();
+        }
+        (Vec::new(), Vec::new())
+    };
+    let list = |names: &[String]| names.iter().map(|n| format!("{n:?}, ")).collect::<String>();
+    writeln!(generated, "/// Syscalls the default policy allows, sorted.").unwrap();
+    writeln!(
+        generated,
+        "pub const DEFAULT_ALLOWED: &[&str] = &[{}];",
+        list(&allowed)
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// Syscalls the default policy reports as violations, sorted."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const DEFAULT_REPORTED: &[&str] = &[{}];",
+        list(&reported)
+    )
+    .unwrap();
+
+    let mut table = String::new();
+    if supported {
+        let text = std::fs::read_to_string(&table_path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", table_path.display()));
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (nr, name) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("{}: bad line {line:?}", table_path.display()));
+            let nr: i64 = nr.parse().expect("syscall number");
+            write!(table, "({nr}, {name:?}), ").unwrap();
+        }
+    }
+    writeln!(
+        generated,
+        "/// `(number, name)` for the target architecture, sorted by number."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const SYSCALL_TABLE: &[(i64, &str)] = &[{table}];"
+    )
+    .unwrap();
+    std::fs::write(out.join("seccomp_generated.rs"), generated).unwrap();
+}

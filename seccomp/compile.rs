@@ -1,0 +1,168 @@
+//! Policy compiler shared by `build.rs` (the embedded default policy) and
+//! `src/sandbox/seccomp.rs` (`--seccomp PATH` at run time), so both accept exactly the same files.
+//!
+//! A policy file is seccompiler JSON with up to three named filters (see `seccomp/README.md`):
+//! `allow` (required), `enosys` and `report`. This module checks the kakoi rules on top of the
+//! seccompiler format, routes the `enosys`/`report` syscalls through the allowlist, and returns
+//! the compiled BPF programs.
+
+use std::collections::BTreeSet;
+
+use seccompiler::{BpfProgram, TargetArch};
+use serde_json::{Map, Value};
+
+/// `SECCOMP_RET_TRAP`: the marker the `report` filter is compiled with. No other filter may use
+/// it; the loader rewrites it to `SECCOMP_RET_USER_NOTIF` or `SECCOMP_RET_KILL_PROCESS`.
+pub const REPORT_MARKER: u32 = 0x0003_0000;
+
+/// The compiled programs of one policy, for one architecture.
+pub struct CompiledPolicy {
+    /// The allowlist (plus the routed `enosys`/`report` syscalls): ALLOW, default ERRNO.
+    pub allow: BpfProgram,
+    /// ERRNO(ENOSYS) for the listed syscalls, default ALLOW. Empty when the policy has none.
+    pub enosys: BpfProgram,
+    /// [`REPORT_MARKER`] for the listed syscalls, default ALLOW. Empty when the policy has none.
+    pub report: BpfProgram,
+    /// Syscalls the `allow` filter allows (some only with restricted arguments), sorted.
+    pub allowed: Vec<String>,
+    /// Syscalls that are reported as violations, sorted.
+    pub reported: Vec<String>,
+}
+
+const FILTERS: [&str; 3] = ["allow", "enosys", "report"];
+
+/// Checks and compiles one policy file's text. Errors are one line, naming the filter, rule or
+/// syscall at fault.
+pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Value::Object(mut filters) = value else {
+        return Err("the top level must be an object of named filters".into());
+    };
+    for name in filters.keys() {
+        if !FILTERS.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown filter `{name}` (expected `allow`, `enosys` or `report`)"
+            ));
+        }
+    }
+    let Some(allow) = filters.get("allow") else {
+        return Err("missing the `allow` filter".into());
+    };
+    expect_action(allow, "allow", "match_action", |a| a == "allow")?;
+    let allowed = syscall_names(allow, "allow", true)?;
+
+    let mut routed = Vec::new();
+    let mut reported = BTreeSet::new();
+    if let Some(enosys) = filters.get("enosys") {
+        expect_action(enosys, "enosys", "match_action", |a| {
+            a.get("errno").is_some()
+        })?;
+        expect_action(enosys, "enosys", "mismatch_action", |a| a == "allow")?;
+        routed.extend(syscall_names(enosys, "enosys", false)?);
+    }
+    if let Some(report) = filters.get("report") {
+        expect_action(report, "report", "match_action", |a| a == "kill_process")?;
+        expect_action(report, "report", "mismatch_action", |a| a == "allow")?;
+        let names = syscall_names(report, "report", false)?;
+        reported.extend(names.iter().cloned());
+        routed.extend(names);
+    }
+    for name in &routed {
+        if allowed.contains(name) {
+            return Err(format!(
+                "syscall `{name}` is both in `allow` and in `enosys`/`report`; keep it in one"
+            ));
+        }
+    }
+    // Route: the strongest action of all filters wins and ERRNO beats USER_NOTIF, so the
+    // allowlist must ALLOW what another filter decides, or its EPERM would hide that decision.
+    let rules = filters
+        .get_mut("allow")
+        .and_then(|f| f.get_mut("filter"))
+        .and_then(Value::as_array_mut)
+        .ok_or("filter `allow`: `filter` must be an array")?;
+    for name in &routed {
+        rules.push(serde_json::json!({ "syscall": name, "comment": "routed to enosys/report" }));
+    }
+    if let Some(report) = filters.get_mut("report") {
+        report["match_action"] = Value::from("trap");
+    }
+
+    let compile = |name: &str, filters: &Map<String, Value>| -> Result<BpfProgram, String> {
+        let Some(filter) = filters.get(name) else {
+            return Ok(Vec::new());
+        };
+        if filter["filter"].as_array().is_some_and(Vec::is_empty) && name != "allow" {
+            return Ok(Vec::new());
+        }
+        let one = Value::Object(Map::from_iter([(name.to_string(), filter.clone())]));
+        let mut map = seccompiler::compile_from_json(one.to_string().as_bytes(), arch)
+            .map_err(|e| format!("filter `{name}`: {e}"))?;
+        map.remove(name)
+            .ok_or_else(|| format!("filter `{name}`: compiler returned no program"))
+    };
+    let allow_program = compile("allow", &filters)?;
+    let enosys = compile("enosys", &filters)?;
+    let report = compile("report", &filters)?;
+    for (name, program) in [("allow", &allow_program), ("enosys", &enosys)] {
+        if program
+            .iter()
+            .any(|i| i.code == 0x06 && i.k == REPORT_MARKER)
+        {
+            return Err(format!(
+                "filter `{name}`: the `trap` action is reserved for the report filter"
+            ));
+        }
+    }
+    Ok(CompiledPolicy {
+        allow: allow_program,
+        enosys,
+        report,
+        allowed: allowed.into_iter().collect(),
+        reported: reported.into_iter().collect(),
+    })
+}
+
+fn expect_action(
+    filter: &Value,
+    name: &str,
+    key: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<(), String> {
+    match filter.get(key) {
+        Some(action) if ok(action) => Ok(()),
+        Some(action) => Err(format!("filter `{name}`: unexpected {key} {action}")),
+        None => Err(format!("filter `{name}`: missing {key}")),
+    }
+}
+
+/// Names in a filter's rules; every rule needs a non-empty comment saying who needs it.
+fn syscall_names(filter: &Value, name: &str, args_ok: bool) -> Result<BTreeSet<String>, String> {
+    let rules = filter
+        .get("filter")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("filter `{name}`: `filter` must be an array"))?;
+    let mut names = BTreeSet::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let syscall = rule
+            .get("syscall")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("filter `{name}`: rule {index} has no `syscall` name"))?;
+        let commented = rule
+            .get("comment")
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.trim().is_empty());
+        if !commented {
+            return Err(format!(
+                "filter `{name}`: rule {index} (`{syscall}`) needs a `comment` saying who needs it"
+            ));
+        }
+        if !args_ok && rule.get("args").is_some() {
+            return Err(format!(
+                "filter `{name}`: rule {index} (`{syscall}`) may not have `args` (whole syscalls only)"
+            ));
+        }
+        names.insert(syscall.to_string());
+    }
+    Ok(names)
+}
