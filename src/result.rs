@@ -252,37 +252,72 @@ mod tests {
     #[test]
     fn classification_precedence() {
         let base = Outcome::default();
-        assert_eq!(Status::classify(&Outcome { exit_code: Some(0), ..base }), Status::Ok);
         assert_eq!(
-            Status::classify(&Outcome { exit_code: Some(3), ..base }),
+            Status::classify(&Outcome {
+                exit_code: Some(0),
+                ..base
+            }),
+            Status::Ok
+        );
+        assert_eq!(
+            Status::classify(&Outcome {
+                exit_code: Some(3),
+                ..base
+            }),
             Status::RuntimeError
         );
         assert_eq!(
-            Status::classify(&Outcome { signal: Some(9), ..base }),
+            Status::classify(&Outcome {
+                signal: Some(9),
+                ..base
+            }),
             Status::Signaled
         );
         assert_eq!(
-            Status::classify(&Outcome { signal: Some(9), timed_out: true, ..base }),
+            Status::classify(&Outcome {
+                signal: Some(9),
+                timed_out: true,
+                ..base
+            }),
             Status::Timeout
         );
         assert_eq!(
-            Status::classify(&Outcome { signal: Some(9), timed_out: true, oom_killed: true, ..base }),
+            Status::classify(&Outcome {
+                signal: Some(9),
+                timed_out: true,
+                oom_killed: true,
+                ..base
+            }),
             Status::Oom
         );
         assert_eq!(
-            Status::classify(&Outcome { signal: Some(libc::SIGXCPU), ..base }),
+            Status::classify(&Outcome {
+                signal: Some(libc::SIGXCPU),
+                ..base
+            }),
             Status::CpuTimeout
         );
         assert_eq!(
-            Status::classify(&Outcome { signal: Some(libc::SIGSYS), ..base }),
+            Status::classify(&Outcome {
+                signal: Some(libc::SIGSYS),
+                ..base
+            }),
             Status::SeccompViolation
         );
         assert_eq!(
-            Status::classify(&Outcome { exit_code: Some(0), truncated: true, ..base }),
+            Status::classify(&Outcome {
+                exit_code: Some(0),
+                truncated: true,
+                ..base
+            }),
             Status::OutputLimit
         );
         assert_eq!(
-            Status::classify(&Outcome { setup_failed: true, timed_out: true, ..base }),
+            Status::classify(&Outcome {
+                setup_failed: true,
+                timed_out: true,
+                ..base
+            }),
             Status::SetupError
         );
     }

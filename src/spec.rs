@@ -142,16 +142,29 @@ impl RunSpec {
                 return Err(SpecError::EnvKey { key: key.clone() });
             }
             if value.contains('\0') {
-                return Err(SpecError::Nul { what: "environment value" });
+                return Err(SpecError::Nul {
+                    what: "environment value",
+                });
             }
         }
         let l = &self.limits;
         let timeout = seconds("timeout", l.timeout, DEFAULT_TIMEOUT, 0.001, 86_400.0)?;
         let cpu_time = match l.cpu_time {
             None => None,
-            Some(s) => Some(seconds("cpu-time", Some(s), DEFAULT_TIMEOUT, 1.0, 86_400.0)?),
+            Some(s) => Some(seconds(
+                "cpu-time",
+                Some(s),
+                DEFAULT_TIMEOUT,
+                1.0,
+                86_400.0,
+            )?),
         };
-        let memory = range("memory", l.memory.unwrap_or(DEFAULT_MEMORY), 4 << 20, 1 << 44)?;
+        let memory = range(
+            "memory",
+            l.memory.unwrap_or(DEFAULT_MEMORY),
+            4 << 20,
+            1 << 44,
+        )?;
         let pids = range("pids", l.pids.unwrap_or(DEFAULT_PIDS), 1, 1 << 22)?;
         let cpus = l.cpus.unwrap_or(DEFAULT_CPUS);
         if !(cpus.is_finite() && (0.01..=4096.0).contains(&cpus)) {
@@ -416,10 +429,7 @@ mod tests {
 
     #[test]
     fn empty_command_is_refused() {
-        assert_eq!(
-            RunSpec::default().validate(),
-            Err(SpecError::EmptyCommand)
-        );
+        assert_eq!(RunSpec::default().validate(), Err(SpecError::EmptyCommand));
         assert_eq!(
             RunSpec::command([""]).validate(),
             Err(SpecError::EmptyCommand)
@@ -430,19 +440,40 @@ mod tests {
     fn limits_out_of_range_name_the_limit() {
         let mut s = spec();
         s.limits.timeout = Some(0.0);
-        assert!(matches!(s.validate(), Err(SpecError::Range { what: "timeout", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range {
+                what: "timeout",
+                ..
+            })
+        ));
         let mut s = spec();
         s.limits.timeout = Some(f64::NAN);
-        assert!(matches!(s.validate(), Err(SpecError::Range { what: "timeout", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range {
+                what: "timeout",
+                ..
+            })
+        ));
         let mut s = spec();
         s.limits.memory = Some(1024);
-        assert!(matches!(s.validate(), Err(SpecError::Range { what: "memory", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range { what: "memory", .. })
+        ));
         let mut s = spec();
         s.limits.pids = Some(0);
-        assert!(matches!(s.validate(), Err(SpecError::Range { what: "pids", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range { what: "pids", .. })
+        ));
         let mut s = spec();
         s.limits.cpus = Some(-1.0);
-        assert!(matches!(s.validate(), Err(SpecError::Range { what: "cpus", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range { what: "cpus", .. })
+        ));
     }
 
     #[test]
@@ -476,7 +507,10 @@ mod tests {
             source: Source::Bytes(vec![]),
             dest: "./data//x.csv".into(),
         });
-        assert_eq!(s.validate().unwrap().files[0].dest, PathBuf::from("data/x.csv"));
+        assert_eq!(
+            s.validate().unwrap().files[0].dest,
+            PathBuf::from("data/x.csv")
+        );
         s.files.push(InputFile {
             source: Source::Bytes(vec![1]),
             dest: "data/x.csv".into(),
@@ -486,7 +520,15 @@ mod tests {
 
     #[test]
     fn binds_cannot_cover_the_skeleton() {
-        for target in ["/", "/proc/x", "/dev", "/tmp", "/work/a", "relative", "/a/../proc"] {
+        for target in [
+            "/",
+            "/proc/x",
+            "/dev",
+            "/tmp",
+            "/work/a",
+            "relative",
+            "/a/../proc",
+        ] {
             let mut s = spec();
             s.binds_ro.push(BindRo {
                 host: "/usr".into(),
@@ -508,6 +550,9 @@ mod tests {
             host: "/usr/share".into(),
             sandbox: "/opt/data".into(),
         });
-        assert_eq!(s.validate().unwrap().binds_ro[0].sandbox, PathBuf::from("/opt/data"));
+        assert_eq!(
+            s.validate().unwrap().binds_ro[0].sandbox,
+            PathBuf::from("/opt/data")
+        );
     }
 }

@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::result::{RunResult, Status};
-use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig};
+use crate::sandbox::landlock::LandlockMode;
+use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig, SeccompSetting};
 use crate::spec::{BindRo, InputFile, Limits, Network, RunSpec, Source};
 
 /// Limits, inputs and output options of a run.
@@ -55,9 +56,29 @@ pub struct RunFlags {
     /// Do not use cgroups (limits fall back to rlimits).
     #[arg(long)]
     pub no_cgroup: bool,
+    /// Use this seccomp policy (seccompiler JSON) instead of the built-in allowlist.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_seccomp")]
+    pub seccomp: Option<PathBuf>,
+    /// Run without a seccomp filter (reported in `isolation`).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Landlock enforcement: `strict` fails the run if a supported layer cannot be enforced.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub landlock: LandlockArg,
     /// Print exactly one JSON result object instead of passing output through.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--landlock` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LandlockArg {
+    /// Every Landlock feature the kernel supports is required.
+    Strict,
+    /// Apply what the kernel supports, report the rest.
+    BestEffort,
+    /// No Landlock.
+    Off,
 }
 
 /// `--network` values.
@@ -167,6 +188,16 @@ impl RunFlags {
             } else {
                 CgroupMode::Auto
             },
+            seccomp: match (&self.seccomp, self.no_seccomp) {
+                (_, true) => SeccompSetting::Disabled,
+                (Some(path), false) => SeccompSetting::File(path.clone()),
+                (None, false) => SeccompSetting::Default,
+            },
+            landlock: match self.landlock {
+                LandlockArg::Strict => Some(LandlockMode::Strict),
+                LandlockArg::BestEffort => Some(LandlockMode::BestEffort),
+                LandlockArg::Off => None,
+            },
             ..SandboxConfig::default()
         };
         let sandbox = Sandbox::new(config)?;
@@ -187,7 +218,11 @@ pub fn report(result: &RunResult, json: bool) -> anyhow::Result<i32> {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, result)?;
         writeln!(out)?;
-        return Ok(if result.status == Status::SetupError { 125 } else { 0 });
+        return Ok(if result.status == Status::SetupError {
+            125
+        } else {
+            0
+        });
     }
     match result.status {
         Status::SetupError => {

@@ -22,7 +22,11 @@ pub struct RunArgs {
     #[arg(value_name = "MAIN.PY")]
     pub main: PathBuf,
     /// Arguments passed to the program.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     pub args: Vec<OsString>,
 }
 

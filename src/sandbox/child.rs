@@ -40,7 +40,11 @@ pub struct Layers<'a> {
 }
 
 fn fail(report: RawFd, stage: Stage, detail: u32, errno: Errno) -> ! {
-    let _ = sys::send_packet(report, &Message::error(stage, detail, errno as i32).encode(), None);
+    let _ = sys::send_packet(
+        report,
+        &Message::error(stage, detail, errno as i32).encode(),
+        None,
+    );
     sys::exit(SETUP_FAILED)
 }
 
@@ -65,7 +69,10 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
 
     // 1. Die with the launcher. In a new pid namespace getppid() is 0, so the parent check
     //    is the release read: EOF there means the parent died before releasing us.
-    step(Stage::ParentDeathSignal, sys::set_parent_death_signal(libc::SIGKILL));
+    step(
+        Stage::ParentDeathSignal,
+        sys::set_parent_death_signal(libc::SIGKILL),
+    );
     // Wait until the parent has written uid_map/gid_map (nothing is mapped before).
     wait_for_parent(r, Stage::WaitRelease);
 
@@ -134,9 +141,15 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     };
     step(Stage::CloseFds, sys::close_range(3, (low - 1) as u32));
     if high != low {
-        step(Stage::CloseFds, sys::close_range((low + 1) as u32, (high - 1) as u32));
+        step(
+            Stage::CloseFds,
+            sys::close_range((low + 1) as u32, (high - 1) as u32),
+        );
     }
-    step(Stage::CloseFds, sys::close_range((high + 1) as u32, u32::MAX));
+    step(
+        Stage::CloseFds,
+        sys::close_range((high + 1) as u32, u32::MAX),
+    );
 
     // 9. Capabilities: our original uid was not root of this user namespace (it is not
     //    mapped), so the setresuid of step 3 kept the capabilities that creating the
@@ -211,7 +224,11 @@ fn run_op(op: &Op) -> sys::SysResult<()> {
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
         Op::MkdirOwned { path } => {
             sys::mkdir(path, 0o755)?;
-            let fd = sys::open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            let fd = sys::open(
+                path,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
             let result = sys::fchown(fd, SANDBOX_ID, SANDBOX_ID);
             sys::close(fd);
             result

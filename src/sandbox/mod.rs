@@ -39,8 +39,8 @@ use crate::result::{
     signal_name,
 };
 use crate::spec::{Network, RunSpec, SANDBOX_ID, SpecError, ValidSpec};
-use landlock::{LandlockMode, LandlockPlan, LandlockSpec};
 use cgroup::{CgroupDriver, CgroupLimits, CgroupStats, DetectOptions, RunCgroup};
+use landlock::{LandlockMode, LandlockPlan, LandlockSpec};
 use protocol::Stage;
 
 /// Errors that prevent a run from starting or being accounted. A payload that fails is
@@ -477,7 +477,10 @@ fn default_runtime_dir(euid: u32) -> PathBuf {
 fn setup_failure(p: &prepare::Prepared, stage: Stage, detail: u32, errno: Errno) -> SetupFailure {
     let subject = match stage {
         Stage::Rootfs => p.op_labels.get(detail as usize).cloned(),
-        Stage::Rlimit => p.rlimit_names.get(detail as usize).map(|(n, v)| format!("{n}={v}")),
+        Stage::Rlimit => p
+            .rlimit_names
+            .get(detail as usize)
+            .map(|(n, v)| format!("{n}={v}")),
         Stage::Exec => Some(p.program.to_string_lossy().into_owned()),
         _ => None,
     };

@@ -80,6 +80,9 @@ pub enum LaunchError {
     },
 }
 
+/// Parent-side handler of seccomp notifications: returns the syscall name.
+pub type ViolationHandler<'a> = dyn Fn(BorrowedFd<'_>) -> Option<String> + 'a;
+
 /// Per-run parameters of the parent loop.
 pub struct LaunchParams<'a> {
     /// Prepared plan.
@@ -99,7 +102,7 @@ pub struct LaunchParams<'a> {
     /// Copy output to our own stdout/stderr as it arrives.
     pub passthrough: bool,
     /// Parent-side handler of seccomp notifications: returns the syscall name.
-    pub on_violation: Option<&'a dyn Fn(BorrowedFd<'_>) -> Option<String>>,
+    pub on_violation: Option<&'a ViolationHandler<'a>>,
 }
 
 fn syscall<T>(what: &'static str, r: Result<T, Errno>) -> Result<T, LaunchError> {
@@ -191,7 +194,11 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     Ok(observed)
 }
 
-fn write_id_maps(pid: libc::pid_t, host: (u32, u32), allow_setgroups: bool) -> Result<(), LaunchError> {
+fn write_id_maps(
+    pid: libc::pid_t,
+    host: (u32, u32),
+    allow_setgroups: bool,
+) -> Result<(), LaunchError> {
     let write = |file: &str, content: &str| {
         let path = format!("/proc/{pid}/{file}");
         std::fs::OpenOptions::new()
@@ -294,7 +301,11 @@ fn supervise(
             // EOF or about to be.
             1000
         } else {
-            deadline.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
+            deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(60_000) as i32
+                + 1
         };
         let mut fds = Vec::with_capacity(5);
         let mut kinds = Vec::with_capacity(5);
@@ -321,7 +332,12 @@ fn supervise(
         let timeout = PollTimeout::try_from(wait_ms).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(LaunchError::Syscall { what: "poll", source: e }),
+            Err(e) => {
+                return Err(LaunchError::Syscall {
+                    what: "poll",
+                    source: e,
+                });
+            }
         }
         let ready: Vec<usize> = fds
             .iter()

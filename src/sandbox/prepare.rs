@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::spec::{Network, SANDBOX_ID, Source, ValidSpec, WORKDIR};
 
 /// Host directories bound read-only at the same path (or recreated as the same symlink).
-const TOOLCHAIN: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+const TOOLCHAIN: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+];
 
 /// Host /etc entries a toolchain needs; each is bound read-only when it exists.
 const ETC_BINDS: &[&str] = &[
@@ -114,6 +116,9 @@ pub enum Op {
     },
 }
 
+/// One rlimit: resource, soft, hard.
+pub type Rlimit = (libc::__rlimit_resource_t, u64, u64);
+
 /// The prepared plan. Fields are read by the child only.
 #[derive(Debug)]
 pub struct Prepared {
@@ -128,16 +133,18 @@ pub struct Prepared {
     /// Workdir inside the sandbox.
     pub workdir: CString,
     /// rlimits (resource, soft, hard) in order.
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub rlimits: Vec<Rlimit>,
     /// Names of those rlimits, for the result.
     pub rlimit_names: Vec<(String, u64)>,
     /// Whether supplementary groups can be cleared (setgroups allowed: root launcher).
     pub clear_groups: bool,
     /// Program path as the child execs it.
     pub program: CString,
-    /// Owned argv strings.
+    /// Owned argv strings (kept alive for `argv_ptrs`).
+    #[allow(dead_code)]
     pub argv: Vec<CString>,
-    /// Owned envp strings.
+    /// Owned envp strings (kept alive for `envp_ptrs`).
+    #[allow(dead_code)]
     pub envp: Vec<CString>,
     /// Null-terminated pointer arrays into `argv` / `envp`.
     pub argv_ptrs: Vec<*const libc::c_char>,
@@ -171,7 +178,9 @@ pub enum PrepareError {
         source: std::io::Error,
     },
     /// The command was not found in the sandbox PATH.
-    #[error("command {name:?} not found in the sandbox PATH ({SANDBOX_PATH}); give an absolute path")]
+    #[error(
+        "command {name:?} not found in the sandbox PATH ({SANDBOX_PATH}); give an absolute path"
+    )]
     CommandNotFound {
         /// The command.
         name: String,
@@ -253,13 +262,20 @@ impl Plan {
             source: path_c(host),
             target: self.at(sandbox),
         };
-        self.push(format!("read-only bind {} -> {sandbox}", host.display()), op);
+        self.push(
+            format!("read-only bind {} -> {sandbox}", host.display()),
+            op,
+        );
     }
 
     /// mkdir -p of every missing parent of `sandbox` (tracked in `made`).
     fn mkdir_parents(&mut self, sandbox: &Path, made: &mut Vec<PathBuf>) {
         let mut acc = PathBuf::from("/");
-        let parents: Vec<_> = sandbox.parent().into_iter().flat_map(|p| p.components()).collect();
+        let parents: Vec<_> = sandbox
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .collect();
         for c in parents {
             if let std::path::Component::Normal(part) = c {
                 acc.push(part);
@@ -365,7 +381,12 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
     for file in &spec.files {
         let dest = workdir.join(&file.dest);
         let mut acc = workdir.to_path_buf();
-        let comps: Vec<_> = file.dest.parent().into_iter().flat_map(|p| p.components()).collect();
+        let comps: Vec<_> = file
+            .dest
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .collect();
         for c in comps {
             acc.push(c);
             if !made_dirs.contains(&acc) {
@@ -621,10 +642,7 @@ fn open_source(source: &Source, what: &str) -> Result<(OwnedFd, u64), PrepareErr
     }
 }
 
-fn rlimits(
-    spec: &ValidSpec,
-    ctx: &PrepareContext<'_>,
-) -> (Vec<(libc::__rlimit_resource_t, u64, u64)>, Vec<(String, u64)>) {
+fn rlimits(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> (Vec<Rlimit>, Vec<(String, u64)>) {
     let mut list = vec![
         (libc::RLIMIT_CORE, 0, 0, "core"),
         (libc::RLIMIT_NOFILE, spec.nofile, spec.nofile, "nofile"),
@@ -642,6 +660,12 @@ fn rlimits(
     if ctx.fallback_pids {
         list.push((libc::RLIMIT_NPROC, spec.pids, spec.pids, "nproc"));
     }
-    let names = list.iter().map(|(_, s, _, n)| (n.to_string(), *s)).collect();
-    (list.into_iter().map(|(r, s, h, _)| (r, s, h)).collect(), names)
+    let names = list
+        .iter()
+        .map(|(_, s, _, n)| (n.to_string(), *s))
+        .collect();
+    (
+        list.into_iter().map(|(r, s, h, _)| (r, s, h)).collect(),
+        names,
+    )
 }

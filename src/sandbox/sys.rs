@@ -425,15 +425,6 @@ pub fn drop_all_capabilities() -> SysResult<()> {
     Ok(())
 }
 
-/// Read the effective capability set (for tests and the result).
-pub fn effective_capabilities() -> SysResult<u64> {
-    let header = [0x2008_0522u32, 0];
-    let mut data = [0u32; 6];
-    // SAFETY: buffers sized for capget(2) v3.
-    check(unsafe { libc::syscall(libc::SYS_capget, header.as_ptr(), data.as_mut_ptr()) })?;
-    Ok(u64::from(data[0]) | (u64::from(data[3]) << 32))
-}
-
 /// prctl(PR_SET_NO_NEW_PRIVS, 1).
 pub fn set_no_new_privs() -> SysResult<()> {
     // SAFETY: plain prctl.
@@ -487,14 +478,15 @@ pub fn loopback_up() -> SysResult<()> {
         *dst = *src as libc::c_char;
     }
     // SAFETY: `req` is a valid ifreq naming "lo".
-    let result = check_int(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) }).and_then(|_| {
-        // SAFETY: reading and writing the flags member of the union we just filled.
-        unsafe {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        }
-        // SAFETY: as above.
-        check_int(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) })
-    });
+    let result =
+        check_int(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) }).and_then(|_| {
+            // SAFETY: reading and writing the flags member of the union we just filled.
+            unsafe {
+                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            }
+            // SAFETY: as above.
+            check_int(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) })
+        });
     close(sock);
     result.map(drop)
 }
@@ -506,11 +498,7 @@ pub fn fork() -> SysResult<libc::pid_t> {
 }
 
 /// execve(2); returns only on failure.
-pub fn execve(
-    path: &CStr,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> Errno {
+pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
     debug_assert!(argv.last().is_some_and(|p| p.is_null()));
     debug_assert!(envp.last().is_some_and(|p| p.is_null()));
     // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated strings
@@ -561,12 +549,6 @@ impl SigSet {
             }
         }
     }
-}
-
-/// Reset a signal's disposition to the default.
-pub fn default_signal(sig: libc::c_int) {
-    // SAFETY: SIG_DFL is always a valid handler.
-    unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
 /// waitpid(-1, WNOHANG): one reaped child, if any.
