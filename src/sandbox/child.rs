@@ -213,12 +213,7 @@ fn run_op(op: &Op) -> sys::SysResult<()> {
             )
         }
         Op::BindDevice { source, target } => {
-            sys::mount(Some(source), target, None, libc::MS_BIND, None)?;
-            sys::mount_setattr(
-                target,
-                false,
-                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
-            )
+            sys::mount(Some(source), target, None, libc::MS_BIND, None)
         }
         Op::SetAttr { target, set } => sys::mount_setattr(target, false, *set),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),

@@ -18,14 +18,13 @@ const TOOLCHAIN: &[&str] = &[
 
 /// Host /etc entries a toolchain needs; each is bound read-only when it exists.
 const ETC_BINDS: &[&str] = &[
+    // The dynamic loader's cache: without it every program start searches the default paths.
     "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
+    // Debian's alternatives symlinks (/usr/bin/awk -> /etc/alternatives/awk -> ...).
     "alternatives",
+    // CA certificates (symlinks into /usr/share) for TLS when the network is on.
     "ssl",
-    "ca-certificates",
-    "mime.types",
-    "python3",
+    // Debian's Python site configuration (sitecustomize.py links here).
     "python3.11",
     "python3.12",
     "python3.13",
@@ -60,7 +59,8 @@ pub enum Op {
         /// Target under the new root.
         target: CString,
     },
-    /// Bind a device node read-write.
+    /// Bind a device node read-write (a device is neither executable nor setuid, so the
+    /// bind needs no extra flags).
     BindDevice {
         /// Host device path.
         source: CString,
