@@ -348,7 +348,6 @@ fn run_sampling(args: &[&str]) -> (RunResult, usize) {
 #[test]
 fn fork_bomb_is_contained_by_pids() {
     let _g = setup!();
-    let before = host_processes().len();
     // The classic bomb: contained, ended by the wall clock, nothing survives.
     let (r, peak) = run_sampling(&[
         "--pids",
@@ -396,11 +395,6 @@ time.sleep(0.5)
     );
     assert!((30..=32).contains(&peak), "peak {peak} sandbox processes");
     assert!(wait_gone(&uid_set(&r), Duration::from_secs(2)).is_empty());
-    let after = host_processes().len();
-    assert!(
-        after <= before + 5,
-        "host process count grew from {before} to {after}"
-    );
 }
 
 #[test]
@@ -928,21 +922,32 @@ fn nothing_is_left_behind_after_many_runs() {
         Vec::<PathBuf>::new(),
         "cgroups left"
     );
+    // Host-wide state. Other kakoi users on the machine may add and remove their own
+    // processes and cgroups meanwhile (those are checked above for our launchers only), so
+    // here only what appeared and stayed counts.
     let after = leftovers();
-    assert_eq!(
-        after.sandbox_processes, before.sandbox_processes,
-        "sandbox-uid process count changed"
+    let added = |a: &BTreeSet<PathBuf>, b: &BTreeSet<PathBuf>| -> Vec<PathBuf> {
+        a.difference(b).cloned().collect()
+    };
+    let new_mounts: Vec<&String> = after
+        .mounts
+        .iter()
+        .filter(|m| !before.mounts.contains(m))
+        .collect();
+    assert!(
+        new_mounts.is_empty(),
+        "host mounts appeared: {new_mounts:?}"
     );
     assert_eq!(
-        after.run_cgroups, before.run_cgroups,
-        "run-* cgroup count changed"
+        added(&after.runtime_entries, &before.runtime_entries),
+        Vec::<PathBuf>::new(),
+        "entries appeared under /run/kakoi"
     );
-    assert_eq!(after.mounts, before.mounts, "host mounts changed");
     assert_eq!(
-        after.runtime_entries, before.runtime_entries,
-        "/run/kakoi changed"
+        added(&after.tmp_entries, &before.tmp_entries),
+        Vec::<PathBuf>::new(),
+        "/tmp/kakoi* entries appeared"
     );
-    assert_eq!(after.tmp_entries, before.tmp_entries, "/tmp/kakoi* changed");
     assert_eq!(after.fds, before.fds, "the test process leaked fds");
     eprintln!("{RUNS} runs in {elapsed:?}");
 }
@@ -950,7 +955,6 @@ fn nothing_is_left_behind_after_many_runs() {
 #[test]
 fn killed_runner_leaves_nothing_behind() {
     let _g = setup!();
-    let baseline = run_cgroups().len();
     let mut child = kakoi()
         .args([
             "exec",
@@ -992,7 +996,6 @@ fn killed_runner_leaves_nothing_behind() {
         Vec::<PathBuf>::new(),
         "stale cgroup of the killed runner was not removed"
     );
-    assert_eq!(run_cgroups().len(), baseline);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -38,7 +39,8 @@ pub fn require(cap: &str, available: bool, reason: &str) -> bool {
             "{test}: capability {cap:?} is required by KAKOI_TEST_REQUIRE but missing: {reason}"
         );
     }
-    eprintln!("SKIP: {test}: {reason}");
+    // Written to the real stderr: the test harness captures eprintln!, and a skip must show.
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
     false
 }
 
@@ -309,9 +311,9 @@ pub fn open_fds() -> BTreeSet<String> {
 /// What a run could leave behind, host-wide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leftovers {
-    /// Processes with a sandbox uid.
+    /// Live processes with a sandbox uid (any launcher's).
     pub sandbox_processes: usize,
-    /// `run-*` cgroups.
+    /// `run-*` cgroups (any launcher's).
     pub run_cgroups: usize,
     /// Host mounts.
     pub mounts: Vec<String>,
