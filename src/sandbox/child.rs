@@ -91,6 +91,10 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     }
     step(Stage::Setgid, sys::setresgid(SANDBOX_ID));
     step(Stage::Setuid, sys::setresuid(SANDBOX_ID));
+    // The kernel clears the parent-death signal when the euid/egid change (commit_creds,
+    // see PR_SET_PDEATHSIG in prctl(2)): set it again. A launcher that died in between is
+    // caught by the next release read (EOF).
+    step(Stage::ParentDeathSignal, sys::set_parent_death_signal(libc::SIGKILL));
 
     // 4. Private propagation first, so nothing we mount leaks back to the host.
     step(

@@ -1,0 +1,125 @@
+//! Embedding kakoi as a library: create a [`Sandbox`] once, run any number of [`RunSpec`]s.
+//!
+//! ```text
+//! cargo run --example embed                    # run python3 -c ... and print the JSON result
+//! cargo run --example embed -- --leak-check N  # N runs in-process; prints fd counts before/after
+//! ```
+//!
+//! Run it as root (or where the kernel allows unprivileged user namespaces; see
+//! `kakoi doctor`). [`Sandbox::run`] clones, so it must be called from a single-threaded
+//! process: a program's main thread before it starts any other thread, like here. A
+//! multi-threaded server spawns a launcher process per run instead.
+
+use std::process::ExitCode;
+
+use kakoi::spec::Limits;
+use kakoi::{RunResult, RunSpec, Sandbox, SandboxConfig, Status};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.as_slice() {
+        [] => run_once(),
+        [flag, n] if flag == "--leak-check" => match n.parse() {
+            Ok(n) => leak_check(n),
+            Err(_) => Err(format!("--leak-check takes a number, not {n:?}").into()),
+        },
+        _ => Err("usage: embed [--leak-check N]".into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Print the error and its causes, one per line.
+            eprintln!("embed: error: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// The request: a small Python program under tighter limits than the defaults.
+fn spec() -> RunSpec {
+    RunSpec {
+        limits: Limits {
+            timeout: Some(5.0),
+            memory: Some(128 << 20),
+            ..Limits::default()
+        },
+        env: vec![("FACTOR".into(), "7".into())],
+        ..RunSpec::command([
+            "python3",
+            "-c",
+            "import os; print(6 * int(os.environ['FACTOR']))",
+        ])
+    }
+}
+
+/// One run; the whole result (the same contract as `kakoi exec --json`) goes to stdout.
+fn run_once() -> Result<(), BoxError> {
+    // Detects cgroups once, sweeps state left by dead launchers, creates /run/kakoi.
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let result: RunResult = sandbox.run(&spec())?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// `n` runs in this process, then a JSON summary: open fds before and after (they must be
+/// equal) and sandbox processes left (must be 0).
+fn leak_check(n: usize) -> Result<(), BoxError> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    // Warm up once so lazily opened host state is not counted as a leak.
+    let first = sandbox.run(&spec())?;
+    let host_uid = first.isolation.host_uid;
+    let fds_before = open_fds()?;
+    let mut ok = 0;
+    for _ in 0..n {
+        if sandbox.run(&spec())?.status == Status::Ok {
+            ok += 1;
+        }
+    }
+    let fds_after = open_fds()?;
+    let summary = serde_json::json!({
+        "runs": n,
+        "ok": ok,
+        "fds_before": fds_before,
+        "fds_after": fds_after,
+        "host_uid": host_uid,
+        "children_left": processes_with_uid(host_uid),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Number of entries in /proc/self/fd (minus the one read_dir itself holds).
+fn open_fds() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count() - 1)
+}
+
+/// Host processes whose real uid is `uid` (the sandbox user's host id).
+fn processes_with_uid(uid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u32>().ok())
+                == Some(uid)
+        })
+        .count()
+}
