@@ -365,7 +365,10 @@ fn relative_dest(dest: &Path) -> Result<PathBuf, SpecError> {
 }
 
 /// Sandbox paths a bind may not cover: the skeleton kakoi builds itself.
-const RESERVED_TARGETS: &[&str] = &["/", "/proc", "/dev", "/tmp", "/etc", WORKDIR, "/usr"];
+const RESERVED_TARGETS: &[&str] = &[
+    "/", "/proc", "/dev", "/tmp", "/etc", WORKDIR, "/usr", "/bin", "/sbin", "/lib", "/lib64",
+    "/lib32", "/libx32",
+];
 
 fn validate_bind(bind: &BindRo) -> Result<BindRo, SpecError> {
     let host = std::fs::canonicalize(&bind.host).map_err(|_| SpecError::BindSource {
@@ -398,7 +401,7 @@ fn validate_bind(bind: &BindRo) -> Result<BindRo, SpecError> {
     if reserved {
         return Err(SpecError::BindTarget {
             path: target.clone(),
-            reason: "is reserved by the sandbox layout (/, /proc, /dev, /tmp, /etc, /work, /usr)",
+            reason: "is reserved by the sandbox layout (/, /proc, /dev, /tmp, /etc, /work, /usr, /bin, /sbin, /lib*)",
         });
     }
     Ok(BindRo {

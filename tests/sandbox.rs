@@ -104,7 +104,15 @@ fn probe_sees_an_isolated_unprivileged_world() {
     assert_eq!(p["uname_nodename"], "sandbox");
     // Network: only lo, up (a local listener works), host loopback unreachable.
     assert_eq!(p["interfaces"], serde_json::json!(["lo"]));
-    assert_eq!(p["loopback_works"], true, "lo is not up");
+    assert_eq!(
+        p["loopback_works"], true,
+        "lo is not up (UDP on 127.0.0.1 failed)"
+    );
+    // Landlock (ABI >= 4 on this kernel) refuses TCP bind when the network is off.
+    assert_eq!(
+        p["tcp_bind_loopback"], "EACCES",
+        "TCP bind was not refused by Landlock"
+    );
     assert!(
         !p["connect_host_port"].is_null(),
         "connect() to the host's 127.0.0.1:{port} succeeded from the sandbox"
@@ -712,15 +720,38 @@ fn exec_failure_reports_stage_and_errno() {
 #[test]
 fn bind_failure_reports_the_rootfs_step() {
     let _g = setup!();
-    // /bin is a symlink into the read-only /usr here (merged /usr) or a read-only bind: a
-    // bind target under it cannot be created.
-    let (r, out) = exec_json(&["--bind-ro", "/etc/hostname:/bin/kakoi-x"], &["true"]);
+    // A bind target under the toolchain is refused before anything starts.
+    let out = kakoi_output(&[
+        "exec",
+        "--json",
+        "--bind-ro",
+        "/etc/hostname:/bin/kakoi-x",
+        "--",
+        "true",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserved"),
+        "{out:?}"
+    );
+    // A bind source the sandbox's unprivileged host uid cannot reach (a mode-0700
+    // directory owned by root) fails in the child's rootfs step, reported with its errno.
+    let private = std::env::temp_dir().join(format!("kakoi-private-{}", std::process::id()));
+    std::fs::create_dir_all(private.join("inner")).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let bind = format!("{}:/opt/private", private.join("inner").display());
+    let (r, out) = exec_json(&["--bind-ro", &bind], &["true"]);
+    std::fs::remove_dir_all(&private).unwrap();
     assert_eq!(r.status, Status::SetupError, "{r:#?}");
     assert_eq!(out.status.code(), Some(125));
     let e = r.error.expect("error object");
     assert_eq!(e.stage, "rootfs");
-    assert!(e.errno != 0 && e.errno_name.starts_with('E'), "{e:?}");
-    assert!(e.detail.is_some_and(|d| d.contains("/bin")));
+    assert_eq!(e.errno_name, "EACCES", "{e:?}");
+    assert!(e.detail.is_some_and(|d| d.contains("/opt/private")));
     // A bind to a fresh directory works and is read-only.
     let (r, _) = exec_json(
         &["--bind-ro", "/etc/hostname:/opt/host-hostname"],

@@ -227,7 +227,12 @@ pub fn report(result: &RunResult, json: bool) -> anyhow::Result<i32> {
     if result.isolation.cgroup.version == "none" && result.status != Status::SetupError {
         eprintln!(
             "kakoi: note: no cgroup ({}); memory and pids are limited by rlimits only",
-            result.isolation.cgroup.reason.as_deref().unwrap_or("unavailable")
+            result
+                .isolation
+                .cgroup
+                .reason
+                .as_deref()
+                .unwrap_or("unavailable")
         );
     }
     match result.status {

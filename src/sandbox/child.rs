@@ -94,7 +94,10 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     // The kernel clears the parent-death signal when the euid/egid change (commit_creds,
     // see PR_SET_PDEATHSIG in prctl(2)): set it again. A launcher that died in between is
     // caught by the next release read (EOF).
-    step(Stage::ParentDeathSignal, sys::set_parent_death_signal(libc::SIGKILL));
+    step(
+        Stage::ParentDeathSignal,
+        sys::set_parent_death_signal(libc::SIGKILL),
+    );
 
     // 4. Private propagation first, so nothing we mount leaks back to the host.
     step(
@@ -274,6 +277,14 @@ const FORWARDED: [libc::c_int; 7] = [
 /// zombie, and report the payload's wait status before exiting. When pid 1 exits the
 /// kernel kills everything left in the pid namespace.
 fn init(p: &Prepared, r: RawFd) -> ! {
+    // The init is a fork of the launcher: erase the launcher's argv (host paths, --env
+    // values) and environment so /proc/1/cmdline shows only our name, and make the init
+    // non-dumpable so the payload cannot read the rest of /proc/1 or attach to it.
+    sys::overwrite_area(p.launcher_areas[0], b"kakoi-init");
+    sys::overwrite_area(p.launcher_areas[1], b"");
+    if let Err(e) = sys::set_not_dumpable() {
+        fail(r, Stage::InitSignals, 1, e);
+    }
     let mut all = [0; 8];
     all[..7].copy_from_slice(&FORWARDED);
     all[7] = libc::SIGCHLD;

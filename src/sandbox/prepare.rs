@@ -154,6 +154,8 @@ pub struct Prepared {
     pub stdin: OwnedFd,
     /// Host paths bound read-only into the sandbox (Landlock read+execute rules).
     pub ro_host_paths: Vec<PathBuf>,
+    /// The launcher's argv and environment areas, which the init erases.
+    pub launcher_areas: [(usize, usize); 2],
 }
 
 /// Preparation failures (before anything is cloned).
@@ -513,7 +515,27 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         envp_ptrs,
         stdin,
         ro_host_paths: plan.ro_host_paths,
+        launcher_areas: launcher_areas(),
     })
+}
+
+/// `arg_start..arg_end` and `env_start..env_end` of this process (proc(5), /proc/pid/stat
+/// fields 48-51), or zeros when the kernel does not say.
+fn launcher_areas() -> [(usize, usize); 2] {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return [(0, 0); 2];
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return [(0, 0); 2];
+    };
+    // `rest` starts at field 3 (state), so field N is at index N - 3.
+    let fields: Vec<usize> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    [(field(48), field(49)), (field(50), field(51))]
 }
 
 impl Prepared {

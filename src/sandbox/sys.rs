@@ -646,3 +646,30 @@ pub fn pipe_raw() -> SysResult<(RawFd, RawFd)> {
     check_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     Ok((fds[0], fds[1]))
 }
+
+/// prctl(PR_SET_DUMPABLE, 0): /proc/<pid> files become root-owned and ptrace is refused.
+pub fn set_not_dumpable() -> SysResult<()> {
+    // SAFETY: plain prctl.
+    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// Overwrite a memory area of this process with `text` followed by zeros.
+///
+/// Used by the sandbox's init to erase the launcher's argv and environment, which it
+/// inherited by fork and which `/proc/1/cmdline` would otherwise show to the payload.
+pub fn overwrite_area(area: (usize, usize), text: &[u8]) {
+    let (start, end) = area;
+    if start == 0 || end <= start {
+        return;
+    }
+    let len = end - start;
+    // SAFETY: `area` is this process's own argv or environment area as the kernel reported
+    // it in /proc/self/stat (fields 48-51) before clone; the child is a copy of that address
+    // space, the area is mapped writable (it lies in the initial stack), and nothing reads
+    // the launcher's argv or environment after this point.
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, len);
+        std::ptr::copy_nonoverlapping(text.as_ptr(), start as *mut u8, text.len().min(len - 1));
+    }
+}
