@@ -28,7 +28,7 @@ fn main() {
     writeln!(generated, "pub const POLICY_ARCH: &str = {arch:?};").unwrap();
 
     let supported = matches!(arch.as_str(), "x86_64" | "aarch64");
-    let (allowed, reported) = if supported {
+    let (allowed, reported, plain) = if supported {
         let target = seccompiler::TargetArch::try_from(arch.as_str()).expect("supported arch");
         let text = std::fs::read_to_string(&policy_path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", policy_path.display()));
@@ -48,13 +48,13 @@ fn main() {
             }
             std::fs::write(out.join(format!("default.{name}.bpf")), bytes).unwrap();
         }
-        (compiled.allowed, compiled.reported)
+        (compiled.allowed, compiled.reported, compiled.plain)
     } else {
         // Unsupported target: an empty policy; `SeccompPolicy::default_policy` reports it.
         for name in ["allow", "enosys", "report"] {
             std::fs::write(out.join(format!("default.{name}.bpf")), []).unwrap();
         }
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let list = |names: &[String]| names.iter().map(|n| format!("{n:?}, ")).collect::<String>();
     writeln!(generated, "/// Syscalls the default policy allows, sorted.").unwrap();
@@ -62,6 +62,17 @@ fn main() {
         generated,
         "pub const DEFAULT_ALLOWED: &[&str] = &[{}];",
         list(&allowed)
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// Syscalls the default policy allows whatever their arguments, sorted."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const DEFAULT_PLAIN: &[&str] = &[{}];",
+        list(&plain)
     )
     .unwrap();
     writeln!(

@@ -331,6 +331,11 @@ impl Sandbox {
         started: Instant,
         cleanup_ms: f64,
     ) -> RunResult {
+        if o.exec_at.is_none() && o.setup_failure.is_none() && o.violation.is_none() {
+            // The child died before exec without reporting (for example an operator's seccomp
+            // policy refusing the syscalls the init itself needs): still a setup error.
+            return self.assemble_silent_failure(spec, prepared, o, started, cleanup_ms);
+        }
         let status_word = o.payload_status.unwrap_or(o.init_status);
         let (exit_code, signal) = if o.setup_failure.is_some() {
             (None, None)
@@ -393,6 +398,47 @@ impl Sandbox {
             },
             isolation: self.isolation(spec, prepared),
         }
+    }
+
+    fn assemble_silent_failure(
+        &self,
+        spec: &ValidSpec,
+        prepared: &prepare::Prepared,
+        mut o: parent::Observed,
+        started: Instant,
+        cleanup_ms: f64,
+    ) -> RunResult {
+        let status = o.init_status;
+        let how = if libc::WIFSIGNALED(status) {
+            format!("was killed by {}", signal_name(libc::WTERMSIG(status)))
+        } else {
+            format!("exited with {}", libc::WEXITSTATUS(status))
+        };
+        let timed_out = o.timed_out;
+        o.setup_failure = Some((Stage::Exec, 0, Errno::UnknownErrno));
+        let mut result = self.assemble(
+            spec,
+            prepared,
+            o,
+            CgroupStats::default(),
+            started,
+            cleanup_ms,
+        );
+        if let Some(error) = &mut result.error {
+            error.stage = "init".into();
+            error.detail = None;
+            error.errno = 0;
+            error.errno_name = String::new();
+            error.message = if timed_out {
+                "sandbox setup did not finish before the timeout".into()
+            } else {
+                format!("the sandbox init {how} before the payload was exec'd, without a report")
+            };
+            error.hint = Some(
+                "a custom --seccomp policy must allow what the init needs (rt_sigprocmask, fork/clone, wait4, sendmsg, execve); try the built-in policy".into(),
+            );
+        }
+        result
     }
 
     fn isolation(&self, spec: &ValidSpec, prepared: &prepare::Prepared) -> Isolation {

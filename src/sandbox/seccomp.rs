@@ -140,6 +140,7 @@ pub struct Violation {
 
 struct Programs {
     allow: Vec<libc::sock_filter>,
+    plain: Vec<String>,
     enosys: Vec<libc::sock_filter>,
     report: Vec<libc::sock_filter>,
     allowed: Vec<String>,
@@ -156,6 +157,10 @@ impl SeccompPolicy {
             "default".to_string(),
             Programs {
                 allow: decode(EMBEDDED_ALLOW)?,
+                plain: generated::DEFAULT_PLAIN
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 enosys: decode(EMBEDDED_ENOSYS)?,
                 report: decode(EMBEDDED_REPORT)?,
                 allowed: generated::DEFAULT_ALLOWED
@@ -204,6 +209,7 @@ impl SeccompPolicy {
             name.to_string(),
             Programs {
                 allow: convert(&compiled.allow),
+                plain: compiled.plain,
                 enosys: convert(&compiled.enosys),
                 report: convert(&compiled.report),
                 allowed: compiled.allowed,
@@ -216,7 +222,7 @@ impl SeccompPolicy {
         let mut policy = SeccompPolicy {
             name,
             guard: guard_program(),
-            allow: programs.allow,
+            allow: dispatch_program(&programs.plain, libc::SECCOMP_RET_ALLOW, &programs.allow),
             enosys: programs.enosys,
             report: programs.report.clone(),
             report_template: programs.report,
@@ -239,17 +245,17 @@ impl SeccompPolicy {
         } else {
             libc::SECCOMP_RET_KILL_PROCESS
         };
-        self.report = self
-            .report_template
-            .iter()
-            .map(|&instruction| {
-                if instruction.code == BPF_RET_K && instruction.k == compile::REPORT_MARKER {
-                    bpf_stmt(BPF_RET_K, action)
-                } else {
-                    instruction
-                }
-            })
-            .collect();
+        // The report filter lists whole syscalls only (the compiler refuses `args` there), so
+        // it is rebuilt as a binary search with the chosen action, default ALLOW.
+        self.report = if self.report_template.is_empty() {
+            Vec::new()
+        } else {
+            dispatch_program(
+                &self.reported,
+                action,
+                &[bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW)],
+            )
+        };
     }
 
     /// Whether reported syscalls go to a listener (`USER_NOTIF`) rather than killing directly.
@@ -538,6 +544,75 @@ fn guard_program() -> Vec<libc::sock_filter> {
     }
     program.push(bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
     program
+}
+
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_JMP_JGE_K: u16 = 0x35;
+/// Ranges this small are checked linearly at the leaves of the search.
+const DISPATCH_LEAF: usize = 4;
+
+/// A binary search over whole syscalls (`RET hit` on a match; the allow filter uses it with
+/// ALLOW over the syscalls allowed whatever their arguments, the report filter with its action), falling through to `conditional` (the compiled rules with
+/// argument checks, ending in the policy's default ERRNO). Far jumps use `JA` (32-bit
+/// offsets) because conditional jumps only reach 255 instructions.
+fn dispatch_program(
+    plain: &[String],
+    hit: u32,
+    conditional: &[libc::sock_filter],
+) -> Vec<libc::sock_filter> {
+    let mut numbers: Vec<u32> = plain
+        .iter()
+        .filter_map(|name| syscall_number(name))
+        .map(|nr| nr as u32)
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut program = vec![
+        bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH_OFFSET),
+        bpf_jump(BPF_JMP_JEQ_K, NATIVE_AUDIT_ARCH, 1, 0),
+        bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR_OFFSET),
+    ];
+    let mut to_fallback = Vec::new();
+    dispatch_range(&numbers, hit, &mut program, &mut to_fallback);
+    let fallback_start = program.len();
+    for index in to_fallback {
+        program[index].k = (fallback_start - index - 1) as u32;
+    }
+    if conditional.is_empty() {
+        program.push(bpf_stmt(
+            BPF_RET_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ));
+    } else {
+        program.extend_from_slice(conditional);
+    }
+    program
+}
+
+fn dispatch_range(
+    numbers: &[u32],
+    hit: u32,
+    program: &mut Vec<libc::sock_filter>,
+    to_fallback: &mut Vec<usize>,
+) {
+    if numbers.len() <= DISPATCH_LEAF {
+        for &nr in numbers {
+            program.push(bpf_jump(BPF_JMP_JEQ_K, nr, 0, 1));
+            program.push(bpf_stmt(BPF_RET_K, hit));
+        }
+        to_fallback.push(program.len());
+        program.push(bpf_stmt(BPF_JMP_JA, 0));
+        return;
+    }
+    let mid = numbers.len() / 2;
+    // nr >= numbers[mid]: take the JA to the right half; else skip it into the left half.
+    program.push(bpf_jump(BPF_JMP_JGE_K, numbers[mid], 0, 1));
+    let to_right = program.len();
+    program.push(bpf_stmt(BPF_JMP_JA, 0));
+    dispatch_range(&numbers[..mid], hit, program, to_fallback);
+    program[to_right].k = (program.len() - to_right - 1) as u32;
+    dispatch_range(&numbers[mid..], hit, program, to_fallback);
 }
 
 /// Decodes a program serialised by `build.rs` (8 bytes per instruction, little-endian).
