@@ -4,6 +4,8 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+
 const PYTHON: &str = "/usr/bin/python3.11";
 
 fn landlock_missing() -> Option<String> {
@@ -14,15 +16,13 @@ fn landlock_missing() -> Option<String> {
     }
 }
 
-/// Prints `SKIP: <reason>` and returns true, or panics when `KAKOI_TEST_REQUIRE` names it.
+/// Prints `SKIP: <reason>` (to the real stderr) and returns true, or panics when
+/// `KAKOI_TEST_REQUIRE` names the capability: the suite's shared `common::require`.
 fn skip(capability: &str, reason: Option<String>) -> bool {
-    let Some(reason) = reason else { return false };
-    let required = std::env::var("KAKOI_TEST_REQUIRE").unwrap_or_default();
-    if required.split(',').any(|c| c.trim() == capability) {
-        panic!("{capability} required by KAKOI_TEST_REQUIRE but unavailable: {reason}");
+    match reason {
+        Some(reason) => !common::require(capability, false, &reason),
+        None => false,
     }
-    println!("SKIP: {reason}");
-    true
 }
 
 fn helper() -> PathBuf {

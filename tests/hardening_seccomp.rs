@@ -4,18 +4,17 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+
 const PYTHON: &str = "/usr/bin/python3.11";
 
-/// `Some(reason)` when the test must be skipped; panics when `KAKOI_TEST_REQUIRE` names the
-/// capability.
+/// Prints `SKIP: <reason>` (to the real stderr) and returns true, or panics when
+/// `KAKOI_TEST_REQUIRE` names the capability: the suite's shared `common::require`.
 fn skip(capability: &str, reason: Option<String>) -> bool {
-    let Some(reason) = reason else { return false };
-    let required = std::env::var("KAKOI_TEST_REQUIRE").unwrap_or_default();
-    if required.split(',').any(|c| c.trim() == capability) {
-        panic!("{capability} required by KAKOI_TEST_REQUIRE but unavailable: {reason}");
+    match reason {
+        Some(reason) => !common::require(capability, false, &reason),
+        None => false,
     }
-    println!("SKIP: {reason}");
-    true
 }
 
 fn seccomp_missing() -> Option<String> {

@@ -156,6 +156,7 @@ pub struct Sandbox {
     clear_groups: bool,
     seccomp: Option<seccomp::SeccompPolicy>,
     landlock: Option<LandlockMode>,
+    launcher_areas: [(usize, usize); 2],
 }
 
 /// Per-run options that are not part of the request.
@@ -216,6 +217,7 @@ impl Sandbox {
             clear_groups: euid == 0,
             seccomp,
             landlock: config.landlock,
+            launcher_areas: prepare::launcher_areas(),
         })
     }
 
@@ -247,6 +249,7 @@ impl Sandbox {
             clear_groups: self.clear_groups,
             fallback_memory: self.cgroup.is_none(),
             fallback_pids: self.cgroup.is_none(),
+            launcher_areas: self.launcher_areas,
         };
         let prepared = prepare::prepare(spec, &ctx)?;
         let run_cgroup: Option<Box<dyn RunCgroup>> = match &self.cgroup {

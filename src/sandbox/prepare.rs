@@ -209,6 +209,8 @@ pub struct PrepareContext<'a> {
     pub fallback_memory: bool,
     /// See `fallback_memory`.
     pub fallback_pids: bool,
+    /// The launcher's argv and environment areas (fixed for the process: read once).
+    pub launcher_areas: [(usize, usize); 2],
 }
 
 fn cstr(bytes: &[u8]) -> CString {
@@ -515,13 +517,13 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         envp_ptrs,
         stdin,
         ro_host_paths: plan.ro_host_paths,
-        launcher_areas: launcher_areas(),
+        launcher_areas: ctx.launcher_areas,
     })
 }
 
 /// `arg_start..arg_end` and `env_start..env_end` of this process (proc(5), /proc/pid/stat
 /// fields 48-51), or zeros when the kernel does not say.
-fn launcher_areas() -> [(usize, usize); 2] {
+pub fn launcher_areas() -> [(usize, usize); 2] {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return [(0, 0); 2];
     };
