@@ -1,12 +1,14 @@
 //! kakoi runs untrusted code as a bare Linux process inside fresh namespaces.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod cli;
 pub mod host;
 pub mod result;
 pub mod sandbox;
 pub mod spec;
 
+pub use backend::{Backend, BackendError};
 pub use result::{RunResult, Status};
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use spec::RunSpec;

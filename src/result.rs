@@ -25,6 +25,11 @@ pub enum Status {
     SeccompViolation,
     /// The sandbox could not be set up; nothing of the payload ran.
     SetupError,
+    /// The Python environment could not be built (uv's message is in `error`); nothing ran.
+    EnvError,
+    /// The run was cancelled by its caller (a client disconnected, the server shut down);
+    /// the whole process tree was killed.
+    Cancelled,
 }
 
 /// Facts a classification needs.
@@ -44,14 +49,19 @@ pub struct Outcome {
     pub seccomp_violation: bool,
     /// Setup failed.
     pub setup_failed: bool,
+    /// The caller cancelled the run.
+    pub cancelled: bool,
 }
 
 impl Status {
-    /// Classify an outcome. Precedence: setup error, seccomp violation, OOM, timeout,
-    /// CPU timeout, output limit, signal, exit code.
+    /// Classify an outcome. Precedence: setup error, cancelled, seccomp violation, OOM,
+    /// timeout, CPU timeout, output limit, signal, exit code. (`env_error` is decided before
+    /// any sandbox exists, so it never reaches this function.)
     pub fn classify(o: &Outcome) -> Status {
         if o.setup_failed {
             Status::SetupError
+        } else if o.cancelled {
+            Status::Cancelled
         } else if o.seccomp_violation || o.signal == Some(libc::SIGSYS) {
             Status::SeccompViolation
         } else if o.oom_killed {
@@ -145,6 +155,68 @@ pub struct Isolation {
     pub landlock: Option<serde_json::Value>,
 }
 
+/// A file the program wrote under the output directory (`out/` in the workdir), returned
+/// with the result. Collection never follows symlinks and is capped in count and bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Path relative to the output directory, `/`-separated (e.g. `plot.png`, `sub/a.txt`).
+    pub path: String,
+    /// Size of the file in the sandbox, in bytes.
+    pub size: u64,
+    /// The content, base64 (standard alphabet, padded); absent when `skipped` is set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub base64: Option<String>,
+    /// Why the content was not returned (`too_large`, `symlink`, `not_regular`, `limit`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
+}
+
+/// The Python environment a run used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvUse {
+    /// Content digest of the environment (`<data>/envs/v1/<digest>`).
+    pub digest: String,
+    /// The environment already existed; nothing was built or downloaded.
+    pub cache_hit: bool,
+    /// Time spent building it (0 on a cache hit).
+    pub build_ms: f64,
+}
+
+/// One ruff diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LintDiagnostic {
+    /// Rule code, e.g. `F821`.
+    pub code: String,
+    /// The message.
+    pub message: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+    /// Whether ruff has a fix for it.
+    pub fix_available: bool,
+}
+
+/// Result of `ruff check` on the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LintReport {
+    /// `warn` or `error`.
+    pub mode: String,
+    /// Diagnostics, in file order.
+    pub diagnostics: Vec<LintDiagnostic>,
+}
+
+/// Result of `ruff format` on the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatReport {
+    /// `check` or `apply`.
+    pub mode: String,
+    /// Formatting would change (or, with `apply`, changed) the program.
+    pub changed: bool,
+    /// Unified diff from the submitted to the formatted program (empty when unchanged).
+    pub diff: String,
+}
+
 /// The result of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
@@ -190,6 +262,25 @@ pub struct RunResult {
     pub timings: Timings,
     /// Which layers were applied.
     pub isolation: Isolation,
+    /// Which backend ran it: `native` (namespaces) or `docker`.
+    #[serde(default = "native_backend")]
+    pub backend: String,
+    /// Files the program wrote under the output directory, when collection was requested.
+    #[serde(default)]
+    pub files: Vec<OutputFile>,
+    /// The Python environment, when the run used one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub env: Option<EnvUse>,
+    /// ruff diagnostics, when linting was requested.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lint: Option<LintReport>,
+    /// ruff formatting, when requested.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub format: Option<FormatReport>,
+}
+
+fn native_backend() -> String {
+    "native".into()
 }
 
 /// Split captured bytes into the lossy string and, when needed, the exact base64.
@@ -218,7 +309,7 @@ impl RunResult {
     /// timeout, 125 on setup error.
     pub fn cli_exit_code(&self) -> i32 {
         match self.status {
-            Status::SetupError => 125,
+            Status::SetupError | Status::EnvError => 125,
             Status::Timeout => 124,
             _ => match (self.exit_code, self.signal) {
                 (Some(code), _) => code,
@@ -320,6 +411,15 @@ mod tests {
             }),
             Status::SetupError
         );
+        assert_eq!(
+            Status::classify(&Outcome {
+                cancelled: true,
+                signal: Some(9),
+                oom_killed: true,
+                ..base
+            }),
+            Status::Cancelled
+        );
     }
 
     #[test]
@@ -347,6 +447,11 @@ mod tests {
             error: None,
             timings: Timings::default(),
             isolation: Isolation::default(),
+            backend: "native".into(),
+            files: vec![],
+            env: None,
+            lint: None,
+            format: None,
         };
         let json = serde_json::to_string(&r).unwrap();
         let back: RunResult = serde_json::from_str(&json).unwrap();

@@ -358,6 +358,7 @@ impl Sandbox {
             truncated: o.stdout_truncated || o.stderr_truncated,
             seccomp_violation: o.violation.is_some(),
             setup_failed: o.setup_failure.is_some(),
+            cancelled: false,
         });
         let error = o
             .setup_failure
@@ -400,6 +401,11 @@ impl Sandbox {
                 cleanup_ms,
             },
             isolation: self.isolation(spec, prepared),
+            backend: "native".into(),
+            files: vec![],
+            env: None,
+            lint: None,
+            format: None,
         }
     }
 
