@@ -36,6 +36,7 @@ fn main() {
     let rw: Vec<&str> = rw.iter().map(String::as_str).collect();
     let plan = LandlockPlan::prepare_with(&LandlockSpec {
         ro_exec_host_paths: &ro,
+        rw_host_paths: &[],
         ro_sandbox_paths: &ro_sandbox,
         rw_sandbox_paths: &rw,
         network_off,

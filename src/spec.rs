@@ -81,15 +81,19 @@ pub struct InputFile {
     pub dest: PathBuf,
 }
 
-/// A read-only bind of a host path into the sandbox.
+/// A bind of a host path into the sandbox (read-only in [`RunSpec::binds_ro`], writable in
+/// [`RunSpec::binds_rw`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BindRo {
+pub struct Bind {
     /// Host path.
     pub host: PathBuf,
     /// Absolute path inside the sandbox.
     pub sandbox: PathBuf,
 }
+
+/// The historical name of [`Bind`].
+pub type BindRo = Bind;
 
 /// A request to run one command. Build it directly or with [`RunSpec::command`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -106,7 +110,10 @@ pub struct RunSpec {
     /// Files placed in the workdir.
     pub files: Vec<InputFile>,
     /// Extra read-only binds.
-    pub binds_ro: Vec<BindRo>,
+    pub binds_ro: Vec<Bind>,
+    /// Extra writable binds (for example an environment's staging directory and the uv
+    /// cache while an environment is built). Landlock grants write access beneath them.
+    pub binds_rw: Vec<Bind>,
     /// Network policy.
     pub network: Network,
 }
@@ -204,6 +211,23 @@ impl RunSpec {
         for bind in &self.binds_ro {
             binds_ro.push(validate_bind(bind)?);
         }
+        let mut binds_rw = Vec::with_capacity(self.binds_rw.len());
+        for bind in &self.binds_rw {
+            binds_rw.push(validate_bind(bind)?);
+        }
+        for (i, a) in binds_ro.iter().chain(&binds_rw).enumerate() {
+            if binds_ro
+                .iter()
+                .chain(&binds_rw)
+                .skip(i + 1)
+                .any(|b| b.sandbox == a.sandbox)
+            {
+                return Err(SpecError::BindTarget {
+                    path: a.sandbox.clone(),
+                    reason: "is the target of two binds",
+                });
+            }
+        }
         Ok(ValidSpec {
             argv: self.argv.clone(),
             env: self.env.clone(),
@@ -218,6 +242,7 @@ impl RunSpec {
             stdin: self.stdin.clone(),
             files,
             binds_ro,
+            binds_rw,
             network: self.network,
         })
     }
@@ -251,7 +276,9 @@ pub struct ValidSpec {
     /// Input files with normalized relative destinations.
     pub files: Vec<InputFile>,
     /// Read-only binds with canonical host paths.
-    pub binds_ro: Vec<BindRo>,
+    pub binds_ro: Vec<Bind>,
+    /// Writable binds with canonical host paths.
+    pub binds_rw: Vec<Bind>,
     /// Network policy.
     pub network: Network,
 }
@@ -370,7 +397,7 @@ const RESERVED_TARGETS: &[&str] = &[
     "/lib32", "/libx32",
 ];
 
-fn validate_bind(bind: &BindRo) -> Result<BindRo, SpecError> {
+fn validate_bind(bind: &Bind) -> Result<Bind, SpecError> {
     let host = std::fs::canonicalize(&bind.host).map_err(|_| SpecError::BindSource {
         path: bind.host.clone(),
     })?;
@@ -404,7 +431,7 @@ fn validate_bind(bind: &BindRo) -> Result<BindRo, SpecError> {
             reason: "is reserved by the sandbox layout (/, /proc, /dev, /tmp, /etc, /work, /usr, /bin, /sbin, /lib*)",
         });
     }
-    Ok(BindRo {
+    Ok(Bind {
         host,
         sandbox: normal,
     })

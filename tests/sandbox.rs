@@ -765,6 +765,56 @@ fn bind_failure_reports_the_rootfs_step() {
     assert!(r.stderr.contains("Read-only"), "{r:#?}");
 }
 
+#[test]
+fn writable_bind_reaches_the_host_and_nothing_else_does() {
+    let _g = setup!();
+    let dir = tempfile::Builder::new()
+        .prefix("kakoi-rw-")
+        .tempdir()
+        .unwrap();
+    // The sandbox user is an unprivileged host id: let it write here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bind = format!("{}:/opt/out", dir.path().display());
+    let (r, _) = exec_json(
+        &["--bind-rw", &bind],
+        &[
+            "sh",
+            "-c",
+            "mkdir /opt/out/sub && echo hello > /opt/out/sub/f && cat /opt/out/sub/f; \
+             echo x > /opt/escape 2>/dev/null || echo refused",
+        ],
+    );
+    assert_eq!(r.status, Status::Ok, "{r:#?}");
+    assert_eq!(r.stdout, "hello\nrefused\n");
+    let written = dir.path().join("sub/f");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "hello\n");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&written).unwrap());
+    assert_eq!(
+        owner, r.isolation.host_uid,
+        "written as the sandbox's host id"
+    );
+    // A writable bind over a reserved path is refused before anything starts.
+    let out = kakoi_output(&["exec", "--bind-rw", "/tmp:/usr/x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr_of(&out).contains("reserved"), "{out:?}");
+    // Two binds on one target are refused.
+    let out = kakoi_output(&[
+        "exec",
+        "--bind-ro",
+        "/etc/hostname:/opt/a",
+        "--bind-rw",
+        &format!("{}:/opt/a", dir.path().display()),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr_of(&out).contains("two binds"), "{out:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Output encoding.
 // ---------------------------------------------------------------------------------------

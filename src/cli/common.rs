@@ -9,7 +9,7 @@ use clap::Args;
 use crate::result::{RunResult, Status};
 use crate::sandbox::landlock::LandlockMode;
 use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig, SeccompSetting};
-use crate::spec::{BindRo, InputFile, Limits, Network, RunSpec, Source};
+use crate::spec::{Bind, InputFile, Limits, Network, RunSpec, Source};
 
 /// Limits, inputs and output options of a run.
 #[derive(Debug, Args)]
@@ -47,6 +47,10 @@ pub struct RunFlags {
     /// Bind a host path read-only into the sandbox.
     #[arg(long = "bind-ro", value_name = "HOST:SANDBOX")]
     pub binds_ro: Vec<String>,
+    /// Bind a host path writable into the sandbox (the payload writes there as uid 1000's
+    /// host id; Landlock allows writes beneath it).
+    #[arg(long = "bind-rw", value_name = "HOST:SANDBOX")]
+    pub binds_rw: Vec<String>,
     /// Network: `none` (a namespace with only lo) or `host` (needs --i-understand-host-network).
     #[arg(long, value_enum, default_value = "none")]
     pub network: NetworkArg,
@@ -138,16 +142,21 @@ impl RunFlags {
                 dest,
             });
         }
-        let mut binds_ro = Vec::new();
-        for b in &self.binds_ro {
-            let (host, sandbox) = b
-                .split_once(':')
-                .with_context(|| format!("--bind-ro {b:?}: expected HOST:SANDBOX"))?;
-            binds_ro.push(BindRo {
-                host: host.into(),
-                sandbox: sandbox.into(),
-            });
-        }
+        let parse_binds = |flag: &str, list: &[String]| -> anyhow::Result<Vec<Bind>> {
+            list.iter()
+                .map(|b| {
+                    let (host, sandbox) = b
+                        .split_once(':')
+                        .with_context(|| format!("--{flag} {b:?}: expected HOST:SANDBOX"))?;
+                    Ok(Bind {
+                        host: host.into(),
+                        sandbox: sandbox.into(),
+                    })
+                })
+                .collect()
+        };
+        let binds_ro = parse_binds("bind-ro", &self.binds_ro)?;
+        let binds_rw = parse_binds("bind-rw", &self.binds_rw)?;
         let network = match self.network {
             NetworkArg::None => Network::None,
             NetworkArg::Host => {
@@ -176,6 +185,7 @@ impl RunFlags {
             stdin: self.stdin.clone().map(Source::Path),
             files,
             binds_ro,
+            binds_rw,
             network,
         })
     }

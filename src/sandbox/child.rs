@@ -219,6 +219,16 @@ fn run_op(op: &Op) -> sys::SysResult<()> {
                 sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
             )
         }
+        Op::BindReadWrite { source, target } => {
+            sys::mount(
+                Some(source),
+                target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?;
+            sys::mount_setattr(target, true, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+        }
         Op::BindDevice { source, target } => {
             sys::mount(Some(source), target, None, libc::MS_BIND, None)
         }

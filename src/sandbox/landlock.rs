@@ -73,6 +73,8 @@ pub enum LandlockError {
 pub struct LandlockSpec<'a> {
     /// Host paths bind-mounted read-only into the sandbox: read + execute.
     pub ro_exec_host_paths: &'a [PathBuf],
+    /// Host paths bind-mounted writable into the sandbox: every handled right.
+    pub rw_host_paths: &'a [PathBuf],
     /// In-sandbox paths that are only read (e.g. the new `/proc`): read file + read dir.
     pub ro_sandbox_paths: &'a [&'a str],
     /// In-sandbox paths that are written (`/tmp`, the workdir, `/dev/shm`, `/dev/null`...):
@@ -153,6 +155,7 @@ impl LandlockPlan {
     ) -> Result<Self, LandlockError> {
         Self::prepare_with(&LandlockSpec {
             ro_exec_host_paths,
+            rw_host_paths: &[],
             ro_sandbox_paths: &[],
             rw_sandbox_paths,
             network_off,
@@ -203,16 +206,21 @@ impl LandlockPlan {
         }
         let mut created = ruleset.create()?;
         let read_exec = AccessFs::from_read(abi);
-        for path in spec.ro_exec_host_paths {
+        let host_rules = spec
+            .ro_exec_host_paths
+            .iter()
+            .map(|p| (p, read_exec))
+            .chain(spec.rw_host_paths.iter().map(|p| (p, handled_fs)));
+        for (path, rights) in host_rules {
             let host_error = |source| LandlockError::HostPath {
                 path: path.clone(),
                 source,
             };
             let is_dir = std::fs::metadata(path).map_err(host_error)?.is_dir();
             let access: BitFlags<AccessFs> = if is_dir {
-                read_exec
+                rights
             } else {
-                read_exec & AccessFs::from_file(abi)
+                rights & AccessFs::from_file(abi)
             };
             let fd = PathFd::new(path).map_err(|e| LandlockError::HostPath {
                 path: path.clone(),

@@ -221,6 +221,12 @@ impl Sandbox {
         })
     }
 
+    /// The host uid and gid the sandbox user (uid/gid 1000 inside) maps to. Files a payload
+    /// creates through a writable bind are owned by these ids on the host.
+    pub fn host_ids(&self) -> (u32, u32) {
+        self.host_id
+    }
+
     /// The cgroup driver in use, if any.
     pub fn cgroup_driver(&self) -> Option<&dyn CgroupDriver> {
         self.cgroup.as_deref()
@@ -263,6 +269,7 @@ impl Sandbox {
         let landlock_plan = match self.landlock {
             Some(mode) => Some(LandlockPlan::prepare_with(&LandlockSpec {
                 ro_exec_host_paths: &prepared.ro_host_paths,
+                rw_host_paths: &prepared.rw_host_paths,
                 ro_sandbox_paths: &["/"],
                 rw_sandbox_paths: LANDLOCK_WRITABLE,
                 network_off: spec.network == Network::None,

@@ -59,6 +59,13 @@ pub enum Op {
         /// Target under the new root.
         target: CString,
     },
+    /// Bind `source` on `target` writable, then make it nosuid and nodev (recursively).
+    BindReadWrite {
+        /// Host path.
+        source: CString,
+        /// Target under the new root.
+        target: CString,
+    },
     /// Bind a device node read-write (a device is neither executable nor setuid, so the
     /// bind needs no extra flags).
     BindDevice {
@@ -154,6 +161,8 @@ pub struct Prepared {
     pub stdin: OwnedFd,
     /// Host paths bound read-only into the sandbox (Landlock read+execute rules).
     pub ro_host_paths: Vec<PathBuf>,
+    /// Host paths bound writable into the sandbox (Landlock rules with every right).
+    pub rw_host_paths: Vec<PathBuf>,
     /// The launcher's argv and environment areas, which the init erases.
     pub launcher_areas: [(usize, usize); 2],
 }
@@ -225,6 +234,7 @@ fn path_c(p: &Path) -> CString {
 struct Plan {
     root: PathBuf,
     ro_host_paths: Vec<PathBuf>,
+    rw_host_paths: Vec<PathBuf>,
     ops: Vec<Op>,
     labels: Vec<String>,
 }
@@ -272,6 +282,15 @@ impl Plan {
         );
     }
 
+    fn bind_rw(&mut self, host: &Path, sandbox: &str) {
+        self.rw_host_paths.push(host.to_path_buf());
+        let op = Op::BindReadWrite {
+            source: path_c(host),
+            target: self.at(sandbox),
+        };
+        self.push(format!("writable bind {} -> {sandbox}", host.display()), op);
+    }
+
     /// mkdir -p of every missing parent of `sandbox` (tracked in `made`).
     fn mkdir_parents(&mut self, sandbox: &Path, made: &mut Vec<PathBuf>) {
         let mut acc = PathBuf::from("/");
@@ -298,6 +317,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
     let mut plan = Plan {
         root: ctx.root.to_path_buf(),
         ro_host_paths: Vec::new(),
+        rw_host_paths: Vec::new(),
         ops: Vec::with_capacity(64),
         labels: Vec::with_capacity(64),
     };
@@ -335,7 +355,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
 
     // /etc: generated identity files plus the host entries the toolchain reads.
     plan.mkdir("/etc", 0o755);
-    for (name, content) in etc_files() {
+    for (name, content) in etc_files(spec.network) {
         let op = Op::WriteFile {
             path: plan.at(&format!("/etc/{name}")),
             data: content.into_bytes(),
@@ -467,7 +487,8 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
 
     // Operator binds last, so they cannot be shadowed by the skeleton.
     let mut made: Vec<PathBuf> = vec!["/usr".into(), "/etc".into(), "/tmp".into()];
-    for bind in &spec.binds_ro {
+    let binds = spec.binds_ro.iter().map(|b| (b, false));
+    for (bind, writable) in binds.chain(spec.binds_rw.iter().map(|b| (b, true))) {
         plan.mkdir_parents(&bind.sandbox, &mut made);
         let sandbox = bind.sandbox.to_string_lossy().into_owned();
         if bind.host.is_dir() {
@@ -478,7 +499,11 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
             };
             plan.push(format!("create {sandbox}"), op);
         }
-        plan.bind_ro(&bind.host, &sandbox);
+        if writable {
+            plan.bind_rw(&bind.host, &sandbox);
+        } else {
+            plan.bind_ro(&bind.host, &sandbox);
+        }
     }
 
     let program = resolve_program(&spec.argv[0])?;
@@ -517,6 +542,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         envp_ptrs,
         stdin,
         ro_host_paths: plan.ro_host_paths,
+        rw_host_paths: plan.rw_host_paths,
         launcher_areas: ctx.launcher_areas,
     })
 }
@@ -555,9 +581,18 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// The identity files written into the sandbox's /etc.
-fn etc_files() -> Vec<(&'static str, String)> {
+/// The identity files written into the sandbox's /etc. With the host's network the
+/// resolver files are the host's (read now, written as copies: nothing else of /etc shows).
+fn etc_files(network: Network) -> Vec<(&'static str, String)> {
     let id = SANDBOX_ID;
+    let host_file = |name: &str| std::fs::read_to_string(Path::new("/etc").join(name)).ok();
+    let (hosts, resolv) = match network {
+        Network::Host => (
+            host_file("hosts").unwrap_or_else(|| LOCAL_HOSTS.into()),
+            host_file("resolv.conf").unwrap_or_default(),
+        ),
+        Network::None => (LOCAL_HOSTS.into(), String::new()),
+    };
     vec![
         (
             "passwd",
@@ -572,17 +607,18 @@ fn etc_files() -> Vec<(&'static str, String)> {
             format!("root:x:0:\nsandbox:x:{id}:\nnogroup:x:65534:\n"),
         ),
         ("hostname", "sandbox\n".into()),
-        (
-            "hosts",
-            "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
-        ),
+        ("hosts", hosts),
         (
             "nsswitch.conf",
             "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into(),
         ),
-        ("resolv.conf", String::new()),
+        ("resolv.conf", resolv),
     ]
 }
+
+/// `/etc/hosts` of a sandbox without the host's network.
+const LOCAL_HOSTS: &str =
+    "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 /// The payload's environment: a small fixed base, then the request's variables.
 fn environment(spec: &ValidSpec) -> Vec<(String, String)> {
