@@ -854,8 +854,8 @@ mod tests {
                     [0, request, 0, 0, 0, 0],
                 )
             };
-            assert_eq!(ioctl(libc::TIOCSTI as u64), eperm);
-            assert_eq!(ioctl(libc::FIONREAD as u64), allow);
+            assert_eq!(ioctl(libc::TIOCSTI), eperm);
+            assert_eq!(ioctl(libc::FIONREAD), allow);
             let personality = |p: u64| {
                 evaluate(
                     program,
