@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example embed                    # run python3 -c ... and print the JSON result
 //! cargo run --example embed -- --leak-check N  # N runs in-process; prints fd counts before/after
+//! cargo run --example embed -- --cancel-after MS # `sleep 30`, cancelled from outside after MS ms
 //! ```
 //!
 //! Run it as root (or where the kernel allows unprivileged user namespaces; see
@@ -12,6 +13,7 @@
 
 use std::process::ExitCode;
 
+use kakoi::sandbox::RunOptions;
 use kakoi::spec::Limits;
 use kakoi::{RunResult, RunSpec, Sandbox, SandboxConfig, Status};
 
@@ -23,7 +25,11 @@ fn main() -> ExitCode {
             Ok(n) => leak_check(n),
             Err(_) => Err(format!("--leak-check takes a number, not {n:?}").into()),
         },
-        _ => Err("usage: embed [--leak-check N]".into()),
+        [flag, ms] if flag == "--cancel-after" => match ms.parse() {
+            Ok(ms) => cancel_after(ms),
+            Err(_) => Err(format!("--cancel-after takes milliseconds, not {ms:?}").into()),
+        },
+        _ => Err("usage: embed [--leak-check N | --cancel-after MS]".into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +96,36 @@ fn leak_check(n: usize) -> Result<(), BoxError> {
         "fds_after": fds_after,
         "host_uid": host_uid,
         "children_left": processes_with_uid(host_uid),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Cancel a long run from outside: `RunOptions::cancel` takes any fd that becomes readable
+/// (here a timerfd firing after `ms`; a server would use a pipe or an eventfd it writes when
+/// the client goes away). Prints the result: status `cancelled`, every process gone.
+fn cancel_after(ms: u64) -> Result<(), BoxError> {
+    use nix::sys::time::TimeSpec;
+    use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC)?;
+    let delay = std::time::Duration::from_millis(ms);
+    timer.set(
+        Expiration::OneShot(TimeSpec::from_duration(delay)),
+        TimerSetTimeFlags::empty(),
+    )?;
+    let options = RunOptions {
+        cancel: Some(timer.as_fd().as_raw_fd()),
+        ..RunOptions::default()
+    };
+    let result = sandbox.run_with(&RunSpec::command(["sleep", "30"]), options)?;
+    let summary = serde_json::json!({
+        "status": result.status,
+        "wall_ms": result.wall_ms,
+        "host_uid": result.isolation.host_uid,
+        "children_left": processes_with_uid(result.isolation.host_uid),
     });
     println!("{summary}");
     Ok(())

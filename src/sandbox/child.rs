@@ -113,6 +113,21 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
         // Needs CAP_NET_ADMIN in our user namespace, so before the capabilities go.
         step(Stage::Loopback, sys::loopback_up());
     }
+    if let Some(workdir) = &p.collect_workdir {
+        // Hand the launcher the workdir tmpfs before anything untrusted runs: after the run it
+        // reads the returned files through this fd (which also keeps the tmpfs alive).
+        let fd = match sys::open(
+            workdir,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => fail(r, Stage::Workdir, 0, e),
+        };
+        let msg = Message::simple(Kind::Workdir, 0).encode();
+        step(Stage::Workdir, sys::send_packet(r, &msg, Some(fd)));
+        sys::close(fd);
+    }
     step(Stage::Hostname, sys::sethostname(b"sandbox"));
 
     // 5. Switch to the new root. pivot_root(".", ".") stacks the old root on top of the new

@@ -18,6 +18,7 @@
 
 pub mod cgroup;
 mod child;
+pub mod collect;
 pub mod landlock;
 mod parent;
 mod prepare;
@@ -164,6 +165,12 @@ pub struct Sandbox {
 pub struct RunOptions {
     /// Copy the payload's output to our stdout/stderr while it runs (CLI without `--json`).
     pub passthrough: bool,
+    /// Cancel the run from outside: when this fd becomes readable or hangs up (for example the
+    /// read end of a pipe whose writer writes a byte or closes, an eventfd, a timerfd, a
+    /// signalfd), the whole sandbox is killed, cleaned up as usual, and the result has the
+    /// status `cancelled`. The fd is only polled, never read or closed, and must stay open
+    /// for the duration of the call (the sandbox works on its own duplicate).
+    pub cancel: Option<std::os::fd::RawFd>,
 }
 
 const HOST_ID_BASE: u32 = 2_000_000_000;
@@ -257,6 +264,15 @@ impl Sandbox {
             fallback_pids: self.cgroup.is_none(),
             launcher_areas: self.launcher_areas,
         };
+        // Our own duplicate, so the poll loop holds an fd it owns (a bad fd fails here).
+        let cancel = options
+            .cancel
+            .map(sys::dup_cloexec)
+            .transpose()
+            .map_err(|source| LaunchError::Syscall {
+                what: "dup of the cancel fd",
+                source,
+            })?;
         let prepared = prepare::prepare(spec, &ctx)?;
         let run_cgroup: Option<Box<dyn RunCgroup>> = match &self.cgroup {
             Some(driver) => Some(driver.create(&CgroupLimits {
@@ -305,8 +321,23 @@ impl Sandbox {
             output_limit: spec.output_limit,
             passthrough: options.passthrough,
             on_violation: Some(&on_violation),
+            cancel: cancel.as_ref().map(std::os::fd::AsFd::as_fd),
         });
         let cleanup_started = Instant::now();
+        let mut launched = launched;
+        let files = match (&mut launched, &spec.collect) {
+            // Every process of the run is gone (the init was reaped): nothing races the walk.
+            // The fd is dropped right after, before the cgroup its pages are charged to goes.
+            (Ok(observed), Some(caps)) if observed.exec_at.is_some() => observed
+                .workdir
+                .take()
+                .map(|fd| collect::collect(std::os::fd::AsFd::as_fd(&fd), caps))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if let Ok(observed) = &mut launched {
+            observed.workdir = None;
+        }
         let stats = run_cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
         if let Some(c) = run_cgroup
             && let Err(e) = c.destroy()
@@ -316,6 +347,7 @@ impl Sandbox {
         let observed = launched?;
         let cleanup_ms = ms(cleanup_started.elapsed());
         let mut result = self.assemble(spec, &prepared, observed, stats, started, cleanup_ms);
+        result.files = files;
         if let Some(error) = &mut result.error
             && error.stage == Stage::Landlock.name()
             && let Some(plan) = &landlock_plan
@@ -341,7 +373,8 @@ impl Sandbox {
         started: Instant,
         cleanup_ms: f64,
     ) -> RunResult {
-        if o.exec_at.is_none() && o.setup_failure.is_none() && o.violation.is_none() {
+        if o.exec_at.is_none() && o.setup_failure.is_none() && o.violation.is_none() && !o.cancelled
+        {
             // The child died before exec without reporting (for example an operator's seccomp
             // policy refusing the syscalls the init itself needs): still a setup error.
             return self.assemble_silent_failure(spec, prepared, o, started, cleanup_ms);
@@ -365,7 +398,7 @@ impl Sandbox {
             truncated: o.stdout_truncated || o.stderr_truncated,
             seccomp_violation: o.violation.is_some(),
             setup_failed: o.setup_failure.is_some(),
-            cancelled: false,
+            cancelled: o.cancelled,
         });
         let error = o
             .setup_failure

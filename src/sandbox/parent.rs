@@ -44,6 +44,10 @@ pub struct Observed {
     pub exec_at: Option<Instant>,
     /// When the init was seen to exit.
     pub exit_at: Instant,
+    /// The workdir's root, when the child sent it (for returned files).
+    pub workdir: Option<OwnedFd>,
+    /// The caller cancelled the run and the sandbox was killed.
+    pub cancelled: bool,
 }
 
 /// Errors of the launcher itself (not of the payload).
@@ -103,6 +107,8 @@ pub struct LaunchParams<'a> {
     pub passthrough: bool,
     /// Parent-side handler of seccomp notifications: returns the syscall name.
     pub on_violation: Option<&'a ViolationHandler<'a>>,
+    /// Readable or hung up = cancel the run.
+    pub cancel: Option<BorrowedFd<'a>>,
 }
 
 fn syscall<T>(what: &'static str, r: Result<T, Errno>) -> Result<T, LaunchError> {
@@ -265,6 +271,7 @@ fn supervise(
     let mut deadline = started + params.timeout + Duration::from_secs(10);
     let mut sock = Some(sock);
     let mut listener: Option<OwnedFd> = None;
+    let mut workdir: Option<OwnedFd> = None;
     let mut stdout = Stream {
         fd: Some(out_r),
         buf: Vec::new(),
@@ -283,6 +290,8 @@ fn supervise(
     let mut timed_out = false;
     let mut violation = None;
     let mut exited = false;
+    let mut cancel = params.cancel;
+    let mut cancelled = false;
     let kill = || {
         let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
         if let Some(cgroup) = params.cgroup {
@@ -329,6 +338,10 @@ fn supervise(
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             kinds.push(4);
         }
+        if let (Some(fd), false) = (cancel, exited) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            kinds.push(5);
+        }
         let timeout = PollTimeout::try_from(wait_ms).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -353,6 +366,12 @@ fn supervise(
         for kind in ready {
             match kind {
                 0 => exited = true,
+                5 => {
+                    // Polled once: a hung-up fd stays ready, and once is enough.
+                    cancel = None;
+                    cancelled = true;
+                    kill();
+                }
                 1 => {
                     stdout.drain(params.output_limit);
                 }
@@ -376,11 +395,12 @@ fn supervise(
                             }
                             Some(m) if m.kind == Kind::Exit => payload_status = Some(m.value),
                             Some(m) if m.kind == Kind::Listener => listener = passed,
+                            Some(m) if m.kind == Kind::Workdir => workdir = passed,
                             _ => {}
                         },
                     }
                 }
-                _ => {
+                4 => {
                     if let (Some(fd), Some(handler)) = (&listener, params.on_violation) {
                         match handler(fd.as_fd()) {
                             Some(name) => {
@@ -392,6 +412,7 @@ fn supervise(
                         }
                     }
                 }
+                _ => unreachable!("unknown poll slot"),
             }
         }
     }
@@ -428,6 +449,8 @@ fn supervise(
         stderr_truncated: stderr.truncated,
         exec_at,
         exit_at,
+        workdir,
+        cancelled,
     })
 }
 

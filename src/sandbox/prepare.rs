@@ -139,6 +139,9 @@ pub struct Prepared {
     pub network_namespace: bool,
     /// Workdir inside the sandbox.
     pub workdir: CString,
+    /// The workdir's mount point before pivot_root, when the launcher collects returned files:
+    /// the child opens it and hands the fd over the report socket.
+    pub collect_workdir: Option<CString>,
     /// rlimits (resource, soft, hard) in order.
     pub rlimits: Vec<Rlimit>,
     /// Names of those rlimits, for the result.
@@ -526,12 +529,14 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
     };
 
     let (rlimits, rlimit_names) = rlimits(spec, ctx);
+    let collect_workdir = spec.collect.as_ref().map(|_| plan.at(WORKDIR));
     Ok(Prepared {
         root: path_c(ctx.root),
         ops: plan.ops,
         op_labels: plan.labels,
         network_namespace: spec.network == Network::None,
         workdir: cstr(WORKDIR.as_bytes()),
+        collect_workdir,
         rlimits,
         rlimit_names,
         clear_groups: ctx.clear_groups,

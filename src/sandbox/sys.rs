@@ -117,6 +117,42 @@ fn clone_fallback(ns_flags: u64) -> SysResult<Cloned> {
     Ok(Cloned::Parent { pid, pidfd })
 }
 
+/// The `RESOLVE_*` flags collection uses: stay beneath the directory fd, follow no symlink
+/// (nor a /proc magic link), never cross into another mount.
+pub const RESOLVE_STRICT: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// openat2(2) relative to `dirfd` with `RESOLVE_*` flags; `O_CLOEXEC` is added.
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: libc::c_int, resolve: u64) -> SysResult<OwnedFd> {
+    // SAFETY: open_how is plain old data; zeroed is valid (the kernel requires unused fields 0).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: `how` is a valid open_how of the size passed and `path` is NUL-terminated; both
+    // outlive the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fcntl(F_DUPFD_CLOEXEC): a new fd, owned by the caller, for the same open file as `fd`.
+pub fn dup_cloexec(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: plain fcntl on an integer; an invalid fd is EBADF.
+    let new = check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: libc::pid_t) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.

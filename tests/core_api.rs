@@ -1,0 +1,304 @@
+//! The core API the HTTP manager and the Docker backend build on, tested from inside the
+//! sandbox: returned files (`RunSpec::collect`, `--collect DIR`) and cancellation
+//! (`RunOptions::cancel`, and the CLI on SIGINT/SIGTERM/SIGHUP).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use kakoi::result::OutputFile;
+use kakoi::{RunResult, Status};
+use serde_json::Value;
+
+macro_rules! setup {
+    () => {{
+        let guard = serial();
+        if !sandbox_available() {
+            return;
+        }
+        guard
+    }};
+}
+
+/// `kakoi exec --json --collect out -- python3 -c CODE`.
+fn collect_run(code: &str, extra: &[&str]) -> RunResult {
+    let mut flags = vec!["--collect", "out"];
+    flags.extend_from_slice(extra);
+    let (r, out) = exec_json(&flags, &["python3", "-c", code]);
+    assert_eq!(
+        r.status,
+        Status::Ok,
+        "{r:#?}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r
+}
+
+fn entry<'a>(r: &'a RunResult, path: &str) -> &'a OutputFile {
+    r.files
+        .iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("{path} not returned: {:#?}", r.files))
+}
+
+fn bytes(f: &OutputFile) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(
+            f.base64
+                .as_deref()
+                .unwrap_or_else(|| panic!("no content: {f:?}")),
+        )
+        .unwrap()
+}
+
+#[test]
+fn returned_files_from_inside_the_sandbox() {
+    let _g = setup!();
+    let r = collect_run(
+        r#"
+import os
+os.makedirs("out/plots/2024", exist_ok=True)
+png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+open("out/plots/2024/plot.png", "wb").write(png)
+open("out/result.json", "w").write('{"answer": 42}\n')
+os.symlink("/etc/passwd", "out/passwd")
+os.symlink("../..", "out/up")
+open("data.txt", "w").write("in the workdir, linked into out\n")
+os.link("data.txt", "out/hard.txt")
+os.mkfifo("out/fifo")
+with open("out/sparse", "wb") as f:
+    f.truncate(60 << 20)  # sparse, under RLIMIT_FSIZE, over the 10 MiB cap
+print(len(png))
+"#,
+        &[],
+    );
+    let png_len: usize = r.stdout.trim().parse().unwrap();
+    let png = bytes(entry(&r, "plots/2024/plot.png"));
+    assert_eq!(png.len(), png_len);
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert_eq!(bytes(entry(&r, "result.json")), b"{\"answer\": 42}\n");
+    assert_eq!(
+        bytes(entry(&r, "hard.txt")),
+        b"in the workdir, linked into out\n"
+    );
+    for (path, why) in [
+        ("passwd", "symlink"),
+        ("up", "symlink"),
+        ("fifo", "not_regular"),
+        ("sparse", "too_large"),
+    ] {
+        let f = entry(&r, path);
+        assert_eq!(f.skipped.as_deref(), Some(why), "{f:?}");
+        assert!(f.base64.is_none(), "{f:?}");
+    }
+    assert_eq!(entry(&r, "sparse").size, 60 << 20);
+    // Nothing outside out/ and nothing of the host.
+    assert!(
+        r.files
+            .iter()
+            .all(|f| !f.path.contains("data.txt") && !f.path.starts_with('/')),
+        "{:#?}",
+        r.files
+    );
+    let total: u64 = r
+        .files
+        .iter()
+        .filter(|f| f.skipped.is_none())
+        .map(|f| f.size)
+        .sum();
+    assert!(total <= 10 << 20);
+}
+
+#[test]
+fn returned_files_are_capped_in_count() {
+    let _g = setup!();
+    let started = Instant::now();
+    let r = collect_run(
+        r#"
+import os
+os.makedirs("out")
+for i in range(10000):
+    open(f"out/f{i:05}", "w").write("x")
+"#,
+        &[],
+    );
+    assert_eq!(r.files.len(), 65, "64 entries and one limit marker");
+    assert!(r.files[..64].iter().all(|f| bytes(f) == b"x"));
+    assert_eq!(r.files[64].path, "f00064");
+    assert_eq!(r.files[64].skipped.as_deref(), Some("limit"));
+    eprintln!(
+        "10,000 files written and collected in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn out_missing_or_a_symlink_returns_nothing_of_the_target() {
+    let _g = setup!();
+    let r = collect_run("print('no out')", &[]);
+    assert!(r.files.is_empty(), "{:#?}", r.files);
+    let r = collect_run(
+        "import os; os.makedirs('real'); open('real/x', 'w').write('x'); os.symlink('/etc', 'out')",
+        &[],
+    );
+    assert_eq!(r.files.len(), 1, "{:#?}", r.files);
+    assert_eq!(r.files[0].path, ".");
+    assert_eq!(r.files[0].skipped.as_deref(), Some("symlink"));
+    // Without --collect nothing is returned even when out/ exists.
+    let (r, _) = exec_json(
+        &[],
+        &[
+            "python3",
+            "-c",
+            "import os; os.makedirs('out'); open('out/x','w').write('x')",
+        ],
+    );
+    assert_eq!(r.status, Status::Ok);
+    assert!(r.files.is_empty());
+}
+
+/// Host mounts that belong to kakoi's runtime directory (other engineers' and CI's runs on
+/// this host do not mount there in the host namespace either, so this must not change).
+fn kakoi_host_mounts() -> Vec<String> {
+    host_mounts()
+        .into_iter()
+        .filter(|m| m.contains("/run/kakoi") && !m.contains("/run/kakoi/netns-v1/"))
+        .collect()
+}
+
+#[test]
+fn returned_files_survive_a_timeout_and_leave_nothing_behind() {
+    let _g = setup!();
+    let mounts = kakoi_host_mounts();
+    let child = kakoi()
+        .args(["exec", "--json", "--collect", "out", "--timeout", "1", "--"])
+        .args([
+            "python3",
+            "-c",
+            "import os, time; os.makedirs('out'); open('out/partial.txt','w').write('so far'); time.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let launcher = child.id();
+    let out = child.wait_with_output().unwrap();
+    let r = parse_result(&out);
+    assert_eq!(r.status, Status::Timeout, "{r:#?}");
+    assert_eq!(bytes(entry(&r, "partial.txt")), b"so far");
+    // Scoped to this launcher: other runs share the host.
+    let launchers: BTreeSet<u32> = [launcher].into();
+    assert_eq!(run_cgroups_of(&launchers), Vec::<PathBuf>::new());
+    let uid: BTreeSet<u32> = [host_uid_of_launcher(launcher)].into();
+    assert_eq!(processes_of(&uid), vec![]);
+    assert_eq!(kakoi_host_mounts(), mounts);
+}
+
+/// Start `kakoi exec [--json] -- sleep 1000 & sleep 1000` and wait until the sandbox runs.
+fn start_sleeper(json: bool) -> (std::process::Child, BTreeSet<u32>) {
+    let mut args = vec!["exec"];
+    if json {
+        args.push("--json");
+    }
+    args.extend(["--", "sh", "-c", "sleep 1000 & sleep 1000"]);
+    let child = kakoi()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let uid: BTreeSet<u32> = [host_uid_of_launcher(child.id())].into();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_of(&uid).len() < 3 {
+        assert!(Instant::now() < deadline, "the sandbox never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, uid)
+}
+
+#[test]
+fn cli_signals_cancel_the_run_and_clean_up() {
+    let _g = setup!();
+    let mounts = kakoi_host_mounts();
+    let tmp = tmp_kakoi_entries();
+    for (signal, code) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+    ] {
+        let (child, uid) = start_sleeper(signal == libc::SIGTERM);
+        let launcher = child.id();
+        let launchers: BTreeSet<u32> = [launcher].into();
+        assert!(!run_cgroups_of(&launchers).is_empty());
+        let sent = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(launcher as i32),
+            nix::sys::signal::Signal::try_from(signal).unwrap(),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "signal {signal}: {out:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if signal == libc::SIGTERM {
+            let r = parse_result(&out);
+            assert_eq!(r.status, Status::Cancelled, "{r:#?}");
+        } else {
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("cancelled"),
+                "{out:?}"
+            );
+        }
+        // Everything was gone before kakoi exited: no polling needed.
+        assert_eq!(
+            processes_of(&uid),
+            vec![],
+            "sandbox processes outlived kakoi"
+        );
+        assert_eq!(run_cgroups_of(&launchers), Vec::<PathBuf>::new());
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+    assert_eq!(kakoi_host_mounts(), mounts);
+    assert_eq!(tmp_kakoi_entries(), tmp);
+}
+
+fn embed_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples/embed");
+    assert!(
+        path.is_file(),
+        "{} missing: run through cargo test",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn library_run_is_cancelled_through_an_fd() {
+    let _g = setup!();
+    let started = Instant::now();
+    let out = std::process::Command::new(embed_example())
+        .args(["--cancel-after", "300"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert_eq!(v["children_left"], 0, "{v}");
+    // Cancelled at ~300 ms of a 30 s sleep.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let uid: BTreeSet<u32> = [v["host_uid"].as_u64().unwrap() as u32].into();
+    assert_eq!(processes_of(&uid), vec![]);
+}
