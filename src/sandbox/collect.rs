@@ -454,7 +454,7 @@ mod tests {
             std::fs::create_dir(&out).unwrap();
             std::fs::write(out.join("a"), "a").unwrap();
             std::fs::write(out.join("b"), "b").unwrap();
-            std::fs::set_permissions(out.join("a"), std::fs::Permissions::from_mode(0)).unwrap();
+            std::fs::set_permissions(out.join("a"), std::fs::Permissions::from_mode(0o0)).unwrap();
             let files = run(tmp.path(), &caps());
             assert_eq!(
                 find(&files, "a").skipped.as_deref(),
