@@ -143,6 +143,11 @@ pub struct Isolation {
     pub no_new_privs: bool,
     /// `none` (namespace with lo only) or `host`.
     pub network: String,
+    /// With `network: none`, which network namespace the run got: `pooled` (a pre-made one
+    /// with only `lo`, held by this run alone; see `src/sandbox/netns.rs`) or `fresh` (created
+    /// for this run). Absent with the host's network.
+    #[serde(default)]
+    pub net_namespace: Option<String>,
     /// cgroup limits.
     pub cgroup: CgroupIsolation,
     /// rlimits set, name → value.

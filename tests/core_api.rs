@@ -302,3 +302,157 @@ fn library_run_is_cancelled_through_an_fd() {
     let uid: BTreeSet<u32> = [v["host_uid"].as_u64().unwrap() as u32].into();
     assert_eq!(processes_of(&uid), vec![]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Pre-made network namespaces (src/sandbox/netns.rs).
+// ---------------------------------------------------------------------------------------
+
+const NS_LINK: &str = "import os; print(os.readlink('/proc/self/ns/net'))";
+
+/// `SIOCSIFFLAGS` on lo from inside: the pooled namespace belongs to the host's user
+/// namespace, so the sandbox cannot change it (EPERM), not even with the capabilities of its
+/// own user namespace, which it has dropped anyway.
+const LO_DOWN: &str = r#"
+import fcntl, socket, struct, os
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+req = struct.pack("16sh14x", b"lo", 0)
+flags = struct.unpack("16sh14x", fcntl.ioctl(s, 0x8913, req))[1]  # SIOCGIFFLAGS
+try:
+    fcntl.ioctl(s, 0x8914, struct.pack("16sh14x", b"lo", flags & ~1))  # SIOCSIFFLAGS, not UP
+    print("changed")
+except OSError as e:
+    print("refused", e.errno)
+print("up" if flags & 1 else "down")
+"#;
+
+#[test]
+fn concurrent_runs_get_distinct_pooled_namespaces_they_cannot_change() {
+    let _g = setup!();
+    let code = format!("{NS_LINK}; import time; time.sleep(1.5)");
+    let first = kakoi()
+        .args(["exec", "--json", "--", "python3", "-c", &code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (second, _) = exec_json(&[], &["python3", "-c", &format!("{NS_LINK}\n{LO_DOWN}")]);
+    let first = parse_result(&first.wait_with_output().unwrap());
+    for r in [&first, &second] {
+        assert_eq!(r.status, Status::Ok, "{r:#?}");
+        assert_eq!(
+            r.isolation.net_namespace.as_deref(),
+            Some("pooled"),
+            "{r:#?}"
+        );
+    }
+    let first_ns = first.stdout.lines().next().unwrap();
+    let mut lines = second.stdout.lines();
+    let second_ns = lines.next().unwrap();
+    assert!(first_ns.starts_with("net:["), "{first_ns}");
+    assert_ne!(
+        first_ns, second_ns,
+        "two live runs shared a network namespace"
+    );
+    assert_eq!(lines.next(), Some("refused 1"), "{}", second.stdout);
+    assert_eq!(lines.next(), Some("up"));
+    // The host's namespace is not either run's.
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(host_ns.to_string_lossy(), first_ns);
+    assert_ne!(host_ns.to_string_lossy(), second_ns);
+}
+
+#[test]
+fn a_pooled_namespace_is_reused_with_nothing_of_the_last_run_in_it() {
+    let _g = setup!();
+    // Run 1 binds a UDP port and exits; run 2, in the same namespace, binds the same port
+    // and sees no socket of run 1 in /proc/net/udp.
+    let bind = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 45454)); print(open('/proc/net/udp').read().count(':B18E'))";
+    let (one, _) = exec_json(&[], &["python3", "-c", &format!("{NS_LINK}\n{bind}")]);
+    let (two, _) = exec_json(&[], &["python3", "-c", &format!("{NS_LINK}\n{bind}")]);
+    for r in [&one, &two] {
+        assert_eq!(r.status, Status::Ok, "{r:#?}");
+        assert_eq!(r.isolation.net_namespace.as_deref(), Some("pooled"));
+        // Exactly its own socket on port 45454 (0xB18E).
+        assert_eq!(r.stdout.lines().nth(1), Some("1"), "{}", r.stdout);
+    }
+    assert_eq!(
+        one.stdout.lines().next(),
+        two.stdout.lines().next(),
+        "an idle pool should hand out the same slot again"
+    );
+    // With the pool off, every run gets its own namespace, and says so.
+    let (fresh, _) = exec_json(&["--netns-pool", "0"], &["python3", "-c", NS_LINK]);
+    assert_eq!(fresh.status, Status::Ok, "{fresh:#?}");
+    assert_eq!(fresh.isolation.net_namespace.as_deref(), Some("fresh"));
+    assert_ne!(fresh.stdout.lines().next(), one.stdout.lines().next());
+    // And the host's network has none.
+    let (host, _) = exec_json(
+        &["--network", "host", "--i-understand-host-network"],
+        &["true"],
+    );
+    assert_eq!(host.isolation.net_namespace, None);
+}
+
+#[test]
+fn the_pool_recycles_a_dead_launchers_slot_and_falls_back_when_full() {
+    let _g = setup!();
+    if !require(
+        "root",
+        nix::unistd::geteuid().is_root(),
+        "the pool needs root",
+    ) {
+        return;
+    }
+    use kakoi::sandbox::netns::{NetnsLease, NetnsPool};
+    let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let pool = NetnsPool::open(runtime.path(), 2).unwrap().unwrap();
+    /// Unmounts the test's slots even when an assertion fails.
+    struct Cleanup<'a>(&'a NetnsPool);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            self.0.remove_idle();
+        }
+    }
+    let _cleanup = Cleanup(&pool);
+    let inode = |lease: &NetnsLease| {
+        let fd = lease.namespace().expect("pooled");
+        nix::sys::stat::fstat(fd).unwrap().st_ino
+    };
+    let a = pool.acquire().unwrap();
+    let b = pool.acquire().unwrap();
+    let c = pool.acquire().unwrap();
+    assert_eq!(a.kind(), "pooled");
+    assert_eq!(b.kind(), "pooled");
+    assert_eq!(
+        c.kind(),
+        "fresh",
+        "a full pool falls back to a fresh namespace"
+    );
+    assert_ne!(inode(&a), inode(&b));
+    assert_eq!(pool.census(), (2, 2));
+    let a_inode = inode(&a);
+    drop((a, b, c));
+    assert_eq!(pool.census(), (2, 0));
+    // Released cleanly: the same namespace again.
+    let again = pool.acquire().unwrap();
+    assert_eq!(inode(&again), a_inode);
+    drop(again);
+    // A launcher that died while holding slot 0 left it marked in use: the next run gets a
+    // new namespace there, never the one a dying process may still hold.
+    std::fs::write(pool.dir().join("0.lock"), "D").unwrap();
+    let recycled = pool.acquire().unwrap();
+    assert_eq!(recycled.kind(), "pooled");
+    assert_ne!(inode(&recycled), a_inode);
+    drop(recycled);
+    // The launcher's own namespace is untouched by all of this.
+    assert_eq!(std::fs::read_link("/proc/thread-self/ns/net").unwrap(), own);
+    assert_eq!(pool.remove_idle(), 2);
+    assert_eq!(pool.census(), (0, 0));
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&runtime.path().display().to_string()),
+        "slot mounts left behind"
+    );
+}

@@ -60,6 +60,10 @@ pub struct RunFlags {
     /// Do not use cgroups (limits fall back to rlimits).
     #[arg(long)]
     pub no_cgroup: bool,
+    /// Slots of pre-made network namespaces a root launcher may use (0: create a fresh one
+    /// per run; default: twice the CPUs, at least 4).
+    #[arg(long, value_name = "N")]
+    pub netns_pool: Option<usize>,
     /// Use this seccomp policy (seccompiler JSON) instead of the built-in allowlist.
     #[arg(long, value_name = "PATH", conflicts_with = "no_seccomp")]
     pub seccomp: Option<PathBuf>,
@@ -217,6 +221,7 @@ impl RunFlags {
                 LandlockArg::BestEffort => Some(LandlockMode::BestEffort),
                 LandlockArg::Off => None,
             },
+            netns_pool: self.netns_pool,
             ..SandboxConfig::default()
         };
         // SIGINT/SIGTERM/SIGHUP cancel the run (the sandbox is killed and cleaned up like any

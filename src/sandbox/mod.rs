@@ -20,6 +20,7 @@ pub mod cgroup;
 mod child;
 pub mod collect;
 pub mod landlock;
+pub mod netns;
 mod parent;
 mod prepare;
 pub mod protocol;
@@ -66,6 +67,9 @@ pub enum Error {
     /// The Landlock ruleset could not be prepared.
     #[error("cannot prepare the Landlock ruleset")]
     Landlock(#[from] landlock::LandlockError),
+    /// The pool of network namespaces failed in a way that is not a fallback.
+    #[error("network namespace pool")]
+    Netns(#[from] netns::NetnsError),
     /// The runtime directory could not be created.
     #[error("cannot create the runtime directory {path}")]
     RuntimeDir {
@@ -106,6 +110,9 @@ pub struct SandboxConfig {
     pub seccomp: SeccompSetting,
     /// Landlock enforcement; `None` turns Landlock off.
     pub landlock: Option<LandlockMode>,
+    /// Slots of pre-made network namespaces a root launcher may use (`None`: twice the
+    /// CPUs, at least 4; `Some(0)`: a fresh namespace per run). See [`netns`].
+    pub netns_pool: Option<usize>,
 }
 
 /// Which seccomp policy runs get.
@@ -129,6 +136,7 @@ impl Default for SandboxConfig {
             host_id: None,
             seccomp: SeccompSetting::Default,
             landlock: Some(LandlockMode::Strict),
+            netns_pool: None,
         }
     }
 }
@@ -158,6 +166,7 @@ pub struct Sandbox {
     seccomp: Option<seccomp::SeccompPolicy>,
     landlock: Option<LandlockMode>,
     launcher_areas: [(usize, usize); 2],
+    netns: Option<netns::NetnsPool>,
 }
 
 /// Per-run options that are not part of the request.
@@ -181,11 +190,11 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
         let euid = nix::unistd::geteuid().as_raw();
         let egid = nix::unistd::getegid().as_raw();
-        let root = config
+        let runtime_dir = config
             .runtime_dir
             .clone()
-            .unwrap_or_else(|| default_runtime_dir(euid))
-            .join("root");
+            .unwrap_or_else(|| default_runtime_dir(euid));
+        let root = runtime_dir.join("root");
         std::fs::create_dir_all(&root).map_err(|source| Error::RuntimeDir {
             path: root.clone(),
             source,
@@ -216,7 +225,17 @@ impl Sandbox {
             SeccompSetting::File(path) => Some(seccomp::SeccompPolicy::from_file(path)?),
             SeccompSetting::Disabled => None,
         };
+        let netns = if euid == 0 {
+            let size = config.netns_pool.unwrap_or_else(default_netns_pool);
+            netns::NetnsPool::open(&runtime_dir, size).unwrap_or_else(|e| {
+                tracing::warn!("no pre-made network namespaces: {e}");
+                None
+            })
+        } else {
+            None
+        };
         Ok(Sandbox {
+            netns,
             root,
             cgroup,
             cgroup_reason,
@@ -232,6 +251,11 @@ impl Sandbox {
     /// creates through a writable bind are owned by these ids on the host.
     pub fn host_ids(&self) -> (u32, u32) {
         self.host_id
+    }
+
+    /// The pool of pre-made network namespaces, when this launcher uses one (root only).
+    pub fn netns_pool(&self) -> Option<&netns::NetnsPool> {
+        self.netns.as_ref()
     }
 
     /// The cgroup driver in use, if any.
@@ -273,7 +297,15 @@ impl Sandbox {
                 what: "dup of the cancel fd",
                 source,
             })?;
-        let prepared = prepare::prepare(spec, &ctx)?;
+        let mut prepared = prepare::prepare(spec, &ctx)?;
+        let lease = match (&self.netns, spec.network) {
+            (Some(pool), Network::None) => pool.acquire()?,
+            _ => netns::NetnsLease::Fresh,
+        };
+        if lease.namespace().is_some() {
+            // The pooled namespace already has `lo` up; clone must not make a new one.
+            prepared.network_namespace = false;
+        }
         let run_cgroup: Option<Box<dyn RunCgroup>> = match &self.cgroup {
             Some(driver) => Some(driver.create(&CgroupLimits {
                 memory_bytes: spec.memory,
@@ -322,7 +354,12 @@ impl Sandbox {
             passthrough: options.passthrough,
             on_violation: Some(&on_violation),
             cancel: cancel.as_ref().map(std::os::fd::AsFd::as_fd),
+            join_netns: self.netns.as_ref().zip(lease.namespace()),
         });
+        // The init has been reaped (or never existed): nothing of the run is left in the
+        // namespace, so the slot may go to the next run.
+        let net_namespace = (spec.network == Network::None).then(|| lease.kind().to_owned());
+        lease.release();
         let cleanup_started = Instant::now();
         let mut launched = launched;
         let files = match (&mut launched, &spec.collect) {
@@ -348,6 +385,7 @@ impl Sandbox {
         let cleanup_ms = ms(cleanup_started.elapsed());
         let mut result = self.assemble(spec, &prepared, observed, stats, started, cleanup_ms);
         result.files = files;
+        result.isolation.net_namespace = net_namespace;
         if let Some(error) = &mut result.error
             && error.stage == Stage::Landlock.name()
             && let Some(plan) = &landlock_plan
@@ -529,6 +567,7 @@ impl Sandbox {
                 Network::None => "none".into(),
                 Network::Host => "host".into(),
             },
+            net_namespace: None,
             cgroup,
             rlimits: prepared.rlimit_names.clone(),
             rlimit_fallbacks,
@@ -556,6 +595,10 @@ fn error_detail_index(error: &SetupFailure) -> u32 {
 
 fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn default_netns_pool() -> usize {
+    (std::thread::available_parallelism().map_or(2, |n| n.get()) * 2).max(4)
 }
 
 fn default_runtime_dir(euid: u32) -> PathBuf {

@@ -12,6 +12,7 @@ use nix::unistd::pipe2;
 
 use super::cgroup::RunCgroup;
 use super::child::{self, ChildFds, Layers};
+use super::netns::{NetnsError, NetnsPool};
 use super::prepare::Prepared;
 use super::protocol::{Kind, MESSAGE_LEN, Message, Stage};
 use super::sys;
@@ -71,6 +72,9 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The launcher could not leave its pooled network namespace after clone.
+    #[error("network namespace")]
+    Netns(#[from] NetnsError),
     /// Joining the cgroup failed.
     #[error("cannot move the sandbox into its cgroup")]
     Cgroup(#[source] super::cgroup::CgroupError),
@@ -109,6 +113,9 @@ pub struct LaunchParams<'a> {
     pub on_violation: Option<&'a ViolationHandler<'a>>,
     /// Readable or hung up = cancel the run.
     pub cancel: Option<BorrowedFd<'a>>,
+    /// A pre-made network namespace to clone the sandbox into (and the pool that returns the
+    /// launcher to its own namespace right after).
+    pub join_netns: Option<(&'a NetnsPool, BorrowedFd<'a>)>,
 }
 
 fn syscall<T>(what: &'static str, r: Result<T, Errno>) -> Result<T, LaunchError> {
@@ -162,7 +169,20 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
         .cgroup
         .and_then(|c| c.clone_into_fd())
         .map(|fd| fd.as_raw_fd());
-    let cloned = syscall("clone3", sys::clone_sandbox(ns as u64, cgroup_fd))?;
+    // A pooled network namespace is joined by the launcher itself just for the clone (the
+    // sandbox's user namespace could not join one owned by the host's), then left again.
+    if let Some((pool, namespace)) = params.join_netns {
+        syscall(
+            "setns into the pooled network namespace",
+            pool.enter(namespace),
+        )?;
+    }
+    let cloned = sys::clone_sandbox(ns as u64, cgroup_fd);
+    let restored = match (params.join_netns, &cloned) {
+        (Some((pool, _)), Ok(sys::Cloned::Parent { .. }) | Err(_)) => pool.restore(),
+        _ => Ok(()),
+    };
+    let cloned = syscall("clone3", cloned)?;
     let (pid, pidfd) = match cloned {
         sys::Cloned::Child => {
             let fds = ChildFds {
@@ -181,6 +201,8 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
         pid,
         armed: true,
     };
+    // After the guard: on error the child is killed and reaped.
+    restored?;
 
     write_id_maps(pid, params.host_id, p.clear_groups)?;
     // Release 1: the maps exist, the child may build its root.

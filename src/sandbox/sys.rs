@@ -153,6 +153,14 @@ pub fn dup_cloexec(fd: RawFd) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// ioctl(NS_GET_NSTYPE) on a namespace fd: its `CLONE_NEW*` type (ioctl_ns(2)).
+pub fn namespace_type(fd: RawFd) -> SysResult<libc::c_int> {
+    // _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    check_int(unsafe { libc::ioctl(fd, NS_GET_NSTYPE) })
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: libc::pid_t) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
