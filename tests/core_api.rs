@@ -456,3 +456,24 @@ fn the_pool_recycles_a_dead_launchers_slot_and_falls_back_when_full() {
         "slot mounts left behind"
     );
 }
+
+#[test]
+fn the_payload_starts_with_default_signal_dispositions_and_mask() {
+    let _g = setup!();
+    // kakoi (a Rust program) ignores SIGPIPE; the payload must not inherit that: a writer to
+    // a closed pipe dies of SIGPIPE like anywhere else.
+    let (r, _) = exec_json(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -c 2 >/dev/null; echo done",
+        ],
+    );
+    assert_eq!(r.status, Status::Ok, "{r:#?}");
+    assert_eq!(
+        r.stdout,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ndone\n"
+    );
+    assert_eq!(r.stderr, "", "yes saw EPIPE instead of dying of SIGPIPE");
+}

@@ -317,39 +317,21 @@ fn init(p: &Prepared, r: RawFd) -> ! {
     if let Err(e) = waited.apply(libc::SIG_BLOCK) {
         fail(r, Stage::InitSignals, 0, e);
     }
-    let (exec_r, exec_w) = match sys::pipe_raw() {
-        Ok(pair) => pair,
-        Err(e) => fail(r, Stage::Fork, 0, e),
-    };
-    let payload = match sys::fork() {
+    // The payload: posix_spawn (vfork-style, so nothing of this process is copied) with an
+    // empty signal mask and default dispositions. Our report socket is CLOEXEC. It returns
+    // once the program was exec'd, or with the exec's errno.
+    let payload = match sys::spawn(&p.program, &p.argv_ptrs, &p.envp_ptrs, &p.reset_signals) {
         Ok(pid) => pid,
-        Err(e) => fail(r, Stage::Fork, 0, e),
-    };
-    if payload == 0 {
-        // The payload: unblock signals, then exec. Our copy of the report socket and of the
-        // exec pipe are CLOEXEC, so a successful exec closes them.
-        let _ = sys::SigSet::of(&[]).apply(libc::SIG_SETMASK);
-        let _ = sys::set_parent_death_signal(libc::SIGKILL);
-        sys::close(exec_r);
-        let errno = sys::execve(&p.program, &p.argv_ptrs, &p.envp_ptrs);
-        let _ = sys::write_all(exec_w, &(errno as i32).to_ne_bytes());
-        sys::exit(127);
-    }
-    sys::close(exec_w);
-    let mut buf = [0u8; 4];
-    match sys::read(exec_r, &mut buf) {
-        Ok(0) => {
-            let _ = sys::send_packet(r, &Message::simple(Kind::ExecOk, 0).encode(), None);
-        }
-        Ok(_) => {
-            let errno = i32::from_ne_bytes(buf);
-            let _ = sys::send_packet(r, &Message::error(Stage::Exec, 0, errno).encode(), None);
-            let _ = sys::wait4(payload);
+        Err(errno) => {
+            let _ = sys::send_packet(
+                r,
+                &Message::error(Stage::Exec, 0, errno as i32).encode(),
+                None,
+            );
             sys::exit(SETUP_FAILED);
         }
-        Err(e) => fail(r, Stage::Exec, 1, e),
-    }
-    sys::close(exec_r);
+    };
+    let _ = sys::send_packet(r, &Message::simple(Kind::ExecOk, 0).encode(), None);
     loop {
         let sig = match waited.wait() {
             Ok(sig) => sig,

@@ -166,6 +166,7 @@ pub struct Sandbox {
     seccomp: Option<seccomp::SeccompPolicy>,
     landlock: Option<LandlockMode>,
     launcher_areas: [(usize, usize); 2],
+    ignored_signals: Vec<libc::c_int>,
     netns: Option<netns::NetnsPool>,
 }
 
@@ -244,6 +245,7 @@ impl Sandbox {
             seccomp,
             landlock: config.landlock,
             launcher_areas: prepare::launcher_areas(),
+            ignored_signals: sys::ignored_signals(),
         })
     }
 
@@ -287,6 +289,7 @@ impl Sandbox {
             fallback_memory: self.cgroup.is_none(),
             fallback_pids: self.cgroup.is_none(),
             launcher_areas: self.launcher_areas,
+            ignored_signals: &self.ignored_signals,
         };
         // Our own duplicate, so the poll loop holds an fd it owns (a bad fd fails here).
         let cancel = options

@@ -168,6 +168,9 @@ pub struct Prepared {
     pub rw_host_paths: Vec<PathBuf>,
     /// The launcher's argv and environment areas, which the init erases.
     pub launcher_areas: [(usize, usize); 2],
+    /// Signals reset to their default disposition for the payload (the launcher's ignored
+    /// ones, SIGPIPE included: Rust programs ignore it).
+    pub reset_signals: super::sys::SigSet,
 }
 
 /// Preparation failures (before anything is cloned).
@@ -223,6 +226,8 @@ pub struct PrepareContext<'a> {
     pub fallback_pids: bool,
     /// The launcher's argv and environment areas (fixed for the process: read once).
     pub launcher_areas: [(usize, usize); 2],
+    /// Signals the launcher ignores (read once), reset to default for the payload.
+    pub ignored_signals: &'a [libc::c_int],
 }
 
 fn cstr(bytes: &[u8]) -> CString {
@@ -549,6 +554,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         ro_host_paths: plan.ro_host_paths,
         rw_host_paths: plan.rw_host_paths,
         launcher_areas: ctx.launcher_areas,
+        reset_signals: super::sys::SigSet::of(ctx.ignored_signals),
     })
 }
 

@@ -533,20 +533,68 @@ pub fn loopback_up() -> SysResult<()> {
     result.map(drop)
 }
 
-/// fork(2) through glibc (runs no atfork handlers of ours; the caller is single-threaded).
-pub fn fork() -> SysResult<libc::pid_t> {
-    // SAFETY: called in the single-threaded sandbox child only.
-    check_int(unsafe { libc::fork() })
-}
-
-/// execve(2); returns only on failure.
-pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+/// posix_spawn(3): start `program` with an empty signal mask and the dispositions of
+/// `defaults` reset to `SIG_DFL` (an ignored signal would stay ignored across exec). glibc
+/// uses `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own: nothing of the caller's memory
+/// is copied, and the call returns once the program was exec'd, or with the exec's errno (the
+/// failed child is reaped by glibc).
+pub fn spawn(
+    program: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    defaults: &SigSet,
+) -> SysResult<libc::pid_t> {
     debug_assert!(argv.last().is_some_and(|p| p.is_null()));
     debug_assert!(envp.last().is_some_and(|p| p.is_null()));
-    // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated strings
-    // that the prepared spec keeps alive.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Errno::last()
+    let empty = SigSet::of(&[]);
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: posix_spawnattr_t is plain data that posix_spawnattr_init initialises (glibc
+    // allocates nothing for it); every pointer passed lives across the calls; argv and envp are
+    // null-terminated arrays of NUL-terminated strings kept alive by the prepared plan.
+    let rc = unsafe {
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawnattr_init(&mut attr);
+        libc::posix_spawnattr_setsigmask(&mut attr, &empty.0);
+        libc::posix_spawnattr_setsigdefault(&mut attr, &defaults.0);
+        libc::posix_spawnattr_setflags(
+            &mut attr,
+            (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        );
+        let rc = libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            std::ptr::null(),
+            &attr,
+            argv.as_ptr().cast(),
+            envp.as_ptr().cast(),
+        );
+        libc::posix_spawnattr_destroy(&mut attr);
+        rc
+    };
+    if rc != 0 {
+        return Err(Errno::from_raw(rc));
+    }
+    Ok(pid)
+}
+
+/// Signals to reset to `SIG_DFL` for a spawned program: those whose disposition is `SIG_IGN`
+/// in this process (they would stay ignored across exec), and glibc's internal real-time
+/// signals below `SIGRTMIN`, which `posix_spawn` would otherwise leave ignored.
+pub fn ignored_signals() -> Vec<libc::c_int> {
+    // The kernel's first real-time signal is 32; glibc keeps those below its SIGRTMIN.
+    let internal = 32..libc::SIGRTMIN();
+    (1..libc::SIGRTMAX())
+        .filter(|&sig| {
+            if internal.contains(&sig) {
+                return true;
+            }
+            // SAFETY: sigaction with a null new action only reads the current one into `old`.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; `old` lives across the call.
+            let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+            rc == 0 && old.sa_sigaction == libc::SIG_IGN
+        })
+        .collect()
 }
 
 /// _exit(2): leave without running destructors or atexit handlers.
@@ -558,16 +606,32 @@ pub fn exit(code: libc::c_int) -> ! {
 /// A signal set as sigprocmask and sigwaitinfo take it.
 pub struct SigSet(libc::sigset_t);
 
+// `SigSet::of` writes the kernel's bit layout into the first 64-bit word.
+const _: () = assert!(cfg!(target_endian = "little") && cfg!(target_pointer_width = "64"));
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigSet")
+    }
+}
+
 impl SigSet {
-    /// A set holding `signals`.
+    /// A set holding `signals` (1..=64). Bits are set directly, as the kernel reads them (bit
+    /// `sig - 1`), because glibc's sigaddset refuses its internal signals, which a set for
+    /// posix_spawn's `SETSIGDEF` must be able to hold.
     pub fn of(signals: &[libc::c_int]) -> SigSet {
-        // SAFETY: sigemptyset initialises the set; sigaddset with valid signals.
+        let mut word: u64 = 0;
+        for &sig in signals {
+            if (1..=64).contains(&sig) {
+                word |= 1 << (sig - 1);
+            }
+        }
+        // SAFETY: sigset_t is plain data at least 8 bytes long, aligned for u64 (it is an
+        // array of unsigned long); an all-zero set is empty, and its first word holds signals
+        // 1..=64 on every Linux ABI kakoi builds for (64-bit, little-endian).
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for &sig in signals {
-                libc::sigaddset(&mut set, sig);
-            }
+            std::ptr::write((&mut set as *mut libc::sigset_t).cast::<u64>(), word);
             SigSet(set)
         }
     }
@@ -681,14 +745,6 @@ pub fn recv_packet(sock: RawFd, buf: &mut [u8]) -> SysResult<(usize, Option<Owne
         }
     }
     Ok((n, fd))
-}
-
-/// pipe2(O_CLOEXEC): (read end, write end) as raw fds, for the child (no `OwnedFd` drops).
-pub fn pipe_raw() -> SysResult<(RawFd, RawFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds.
-    check_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok((fds[0], fds[1]))
 }
 
 /// prctl(PR_SET_DUMPABLE, 0): /proc/<pid> files become root-owned and ptrace is refused.
