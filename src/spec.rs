@@ -18,7 +18,7 @@ pub const DEFAULT_PIDS: u64 = 64;
 pub const DEFAULT_CPUS: f64 = 1.0;
 /// Default cap per output stream.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
-/// Default size of the /tmp tmpfs (also used for the workdir and /dev/shm).
+/// Default size of the sandbox's tmpfs (/tmp, the workdir and /dev/shm together).
 pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// Default RLIMIT_NOFILE.
 pub const DEFAULT_NOFILE: u64 = 256;
@@ -63,7 +63,8 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Cap per output stream in bytes.
     pub output_limit: Option<u64>,
-    /// Size of /tmp, the workdir and /dev/shm (each) in bytes.
+    /// Size of the sandbox's writable space in bytes: /tmp, the workdir and /dev/shm
+    /// together (one tmpfs), and the largest file (RLIMIT_FSIZE).
     pub tmp_size: Option<u64>,
     /// Maximum number of open files per process.
     pub nofile: Option<u64>,
@@ -311,7 +312,7 @@ pub struct ValidSpec {
     pub cpu_millicores: u64,
     /// Cap per output stream.
     pub output_limit: u64,
-    /// Size of each tmpfs.
+    /// Size of the sandbox's tmpfs (/tmp, the workdir and /dev/shm together).
     pub tmp_size: u64,
     /// RLIMIT_NOFILE.
     pub nofile: u64,
@@ -478,8 +479,20 @@ fn relative_dest(dest: &Path) -> Result<PathBuf, SpecError> {
 
 /// Sandbox paths a bind may not cover: the skeleton kakoi builds itself.
 const RESERVED_TARGETS: &[&str] = &[
-    "/", "/proc", "/dev", "/tmp", "/etc", WORKDIR, "/usr", "/bin", "/sbin", "/lib", "/lib64",
-    "/lib32", "/libx32",
+    "/",
+    "/proc",
+    "/dev",
+    "/tmp",
+    "/etc",
+    WORKDIR,
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/libx32",
+    "/.kakoi-scratch",
 ];
 
 fn validate_bind(bind: &Bind) -> Result<Bind, SpecError> {

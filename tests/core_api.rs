@@ -477,3 +477,34 @@ fn the_payload_starts_with_default_signal_dispositions_and_mask() {
     );
     assert_eq!(r.stderr, "", "yes saw EPIPE instead of dying of SIGPIPE");
 }
+
+#[test]
+fn scratch_space_is_one_tmpfs_seen_only_through_its_three_views() {
+    let _g = setup!();
+    let code = r#"
+import os, errno
+def err(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+open("/tmp/t", "w").write("t")
+os.makedirs("/work/out", exist_ok=True)
+print(err(lambda: os.listdir("/.kakoi-scratch")))
+print(err(lambda: os.chmod("/.kakoi-scratch", 0o755)))
+print(err(lambda: os.link("/tmp/t", "/work/out/t")))
+print(err(lambda: os.rename("/tmp/t", "/work/t")))
+print(err(lambda: os.link("/etc/passwd", "/work/out/passwd")))
+big = b"x" * (3 << 20)
+open("/tmp/a", "wb").write(big)
+open("/dev/shm/b", "wb").write(big)
+print(err(lambda: open("/work/c", "wb").write(big)))
+"#;
+    let (r, _) = exec_json(&["--tmp-size", "8M"], &["python3", "-c", code]);
+    assert_eq!(r.status, Status::Ok, "{r:#?}");
+    assert_eq!(
+        r.stdout, "EACCES\nEROFS\nEXDEV\nEXDEV\nEXDEV\nENOSPC\n",
+        "{r:#?}"
+    );
+}

@@ -32,7 +32,7 @@ pub struct RunFlags {
     /// Cap per output stream, e.g. 1M; the rest is dropped and flagged.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub output_limit: Option<u64>,
-    /// Size of /tmp, the workdir and /dev/shm, e.g. 64M.
+    /// Size of the writable space (/tmp, the workdir and /dev/shm together, one tmpfs), e.g. 64M.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub tmp_size: Option<u64>,
     /// Set an environment variable inside the sandbox.

@@ -247,6 +247,10 @@ fn run_op(op: &Op) -> sys::SysResult<()> {
         Op::BindDevice { source, target } => {
             sys::mount(Some(source), target, None, libc::MS_BIND, None)
         }
+        Op::BindScratch { source, target } => {
+            sys::mount(Some(source), target, None, libc::MS_BIND, None)
+        }
+        Op::Chmod { path, mode } => sys::chmod(path, *mode),
         Op::SetAttr { target, set } => sys::mount_setattr(target, false, *set),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
         Op::MkdirOwned { path } => {

@@ -245,6 +245,8 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// MOUNT_ATTR_NODEV.
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// MOUNT_ATTR_NOEXEC.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// mount_setattr(2) on `path`, recursively or not. Only sets flags, so locked flags of a
 /// mount inherited from a more privileged namespace are left as they are.
@@ -288,6 +290,13 @@ pub fn umount2(target: &CStr, flags: libc::c_int) -> SysResult<()> {
 pub fn mkdir(path: &CStr, mode: libc::mode_t) -> SysResult<()> {
     // SAFETY: NUL-terminated path.
     check_int(unsafe { libc::mkdir(path.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// chmod(2).
+pub fn chmod(path: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check_int(unsafe { libc::chmod(path.as_ptr(), mode) })?;
     Ok(())
 }
 
