@@ -124,6 +124,10 @@ pub struct CgroupIsolation {
     pub controllers: Vec<String>,
     /// Why there is no cgroup, when there is none.
     pub reason: Option<String>,
+    /// How the sandbox entered its cgroup: `clone_into` (born in it, cgroup v2
+    /// `CLONE_INTO_CGROUP`) or `migrate` (moved in before it was released to exec, v1).
+    #[serde(default)]
+    pub attach: Option<String>,
 }
 
 /// Which layers the run actually got.

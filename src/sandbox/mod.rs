@@ -127,6 +127,14 @@ pub enum SeccompSetting {
     Disabled,
 }
 
+impl SandboxConfig {
+    /// The pool size used when [`SandboxConfig::netns_pool`] is `None`: twice the CPUs, at
+    /// least 4.
+    pub fn default_netns_pool() -> usize {
+        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 2).max(4)
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
@@ -227,7 +235,9 @@ impl Sandbox {
             SeccompSetting::Disabled => None,
         };
         let netns = if euid == 0 {
-            let size = config.netns_pool.unwrap_or_else(default_netns_pool);
+            let size = config
+                .netns_pool
+                .unwrap_or_else(SandboxConfig::default_netns_pool);
             netns::NetnsPool::open(&runtime_dir, size).unwrap_or_else(|e| {
                 tracing::warn!("no pre-made network namespaces: {e}");
                 None
@@ -547,11 +557,19 @@ impl Sandbox {
                 },
                 controllers: d.controllers(),
                 reason: None,
+                attach: Some(
+                    match d.version() {
+                        cgroup::CgroupVersion::V2 => "clone_into",
+                        cgroup::CgroupVersion::V1 => "migrate",
+                    }
+                    .into(),
+                ),
             },
             None => CgroupIsolation {
                 version: "none".into(),
                 controllers: vec![],
                 reason: self.cgroup_reason.clone(),
+                attach: None,
             },
         };
         let rlimit_fallbacks = if self.cgroup.is_none() {
@@ -598,10 +616,6 @@ fn error_detail_index(error: &SetupFailure) -> u32 {
 
 fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-}
-
-fn default_netns_pool() -> usize {
-    (std::thread::available_parallelism().map_or(2, |n| n.get()) * 2).max(4)
 }
 
 fn default_runtime_dir(euid: u32) -> PathBuf {

@@ -10,7 +10,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 
-use super::cgroup::RunCgroup;
+use super::cgroup::{CgroupEntry, RunCgroup};
 use super::child::{self, ChildFds, Layers};
 use super::netns::{NetnsError, NetnsPool};
 use super::prepare::Prepared;
@@ -165,10 +165,11 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     if p.network_namespace {
         ns |= libc::CLONE_NEWNET;
     }
-    let cgroup_fd = params
-        .cgroup
-        .and_then(|c| c.clone_into_fd())
-        .map(|fd| fd.as_raw_fd());
+    let entry = params.cgroup.map(super::cgroup::entry);
+    let cgroup_fd = match entry {
+        Some(CgroupEntry::CloneInto(fd)) => Some(fd.as_raw_fd()),
+        _ => None,
+    };
     // A pooled network namespace is joined by the launcher itself just for the clone (the
     // sandbox's user namespace could not join one owned by the host's), then left again.
     if let Some((pool, namespace)) = params.join_netns {
@@ -209,9 +210,7 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     let _ = sys::write_all(parent_sock.as_raw_fd(), &[1]);
     // Join the cgroup while the child builds its root (v1 attach waits for an RCU grace
     // period; overlapping hides it). v2 children were born in it via CLONE_INTO_CGROUP.
-    if let Some(cgroup) = params.cgroup
-        && cgroup_fd.is_none()
-    {
+    if let (Some(cgroup), Some(CgroupEntry::Migrate)) = (params.cgroup, entry) {
         cgroup.attach(pid).map_err(LaunchError::Cgroup)?;
     }
     // Release 2: in the cgroup; the child may go on to its limits and exec.
