@@ -108,6 +108,7 @@ fn main() {
     .unwrap();
 
     let mut table = String::new();
+    let mut by_name: Vec<(String, i64)> = Vec::new();
     if supported {
         let text = std::fs::read_to_string(&table_path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", table_path.display()));
@@ -120,8 +121,14 @@ fn main() {
                 .unwrap_or_else(|| panic!("{}: bad line {line:?}", table_path.display()));
             let nr: i64 = nr.parse().expect("syscall number");
             write!(table, "({nr}, {name:?}), ").unwrap();
+            by_name.push((name.to_string(), nr));
         }
     }
+    by_name.sort();
+    let by_name: String = by_name
+        .iter()
+        .map(|(name, nr)| format!("({name:?}, {nr}), "))
+        .collect();
     writeln!(
         generated,
         "/// `(number, name)` for the target architecture, sorted by number."
@@ -130,6 +137,16 @@ fn main() {
     writeln!(
         generated,
         "pub const SYSCALL_TABLE: &[(i64, &str)] = &[{table}];"
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// `(name, number)` for the target architecture, sorted by name."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const SYSCALLS_BY_NAME: &[(&str, i64)] = &[{by_name}];"
     )
     .unwrap();
     std::fs::write(out.join("seccomp_generated.rs"), generated).unwrap();

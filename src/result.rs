@@ -89,9 +89,10 @@ pub struct Timings {
     pub env_ms: f64,
     /// From the start of `run` to the payload's exec (prepare, clone, child setup).
     pub setup_ms: f64,
-    /// From exec to the payload's exit.
+    /// From exec to the payload's exit (as the sandbox's init reports it).
     pub run_ms: f64,
-    /// Collecting accounting and removing the cgroup.
+    /// From the payload's exit to the end of the run: tearing down the namespaces (the
+    /// sandbox's mounts), collecting returned files, reading accounting, removing the cgroup.
     pub cleanup_ms: f64,
 }
 

@@ -131,7 +131,16 @@ impl SandboxConfig {
     /// The pool size used when [`SandboxConfig::netns_pool`] is `None`: twice the CPUs, at
     /// least 4.
     pub fn default_netns_pool() -> usize {
-        (std::thread::available_parallelism().map_or(2, |n| n.get()) * 2).max(4)
+        // The CPUs this process may run on (one syscall; std's available_parallelism also
+        // reads cgroup quota files).
+        let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .map(|set| {
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .count()
+            })
+            .unwrap_or(2);
+        (cpus * 2).max(4)
     }
 }
 
@@ -467,6 +476,10 @@ impl Sandbox {
             .peak_memory_bytes
             .or(Some(o.rusage.ru_maxrss as u64 * 1024));
         let exec_at = o.exec_at.unwrap_or(o.exit_at);
+        // The payload's time ends when the init reports its exit; what follows (namespace
+        // teardown, collection, cgroup) is kakoi's cleanup.
+        let payload_end = o.payload_exit_at.unwrap_or(o.exit_at);
+        let teardown_ms = ms(o.exit_at.saturating_duration_since(payload_end));
         RunResult {
             status,
             exit_code,
@@ -478,7 +491,7 @@ impl Sandbox {
             stderr_base64,
             stdout_truncated: o.stdout_truncated,
             stderr_truncated: o.stderr_truncated,
-            wall_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
+            wall_ms: ms(payload_end.saturating_duration_since(exec_at)),
             cpu_user_ms,
             cpu_sys_ms,
             peak_memory_bytes,
@@ -488,8 +501,8 @@ impl Sandbox {
             timings: Timings {
                 env_ms: 0.0,
                 setup_ms: ms(exec_at.saturating_duration_since(started)),
-                run_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
-                cleanup_ms,
+                run_ms: ms(payload_end.saturating_duration_since(exec_at)),
+                cleanup_ms: teardown_ms + cleanup_ms,
             },
             isolation: self.isolation(spec, prepared),
             backend: "native".into(),

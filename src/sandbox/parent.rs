@@ -43,8 +43,10 @@ pub struct Observed {
     pub stderr_truncated: bool,
     /// When the payload was exec'd.
     pub exec_at: Option<Instant>,
-    /// When the init was seen to exit.
+    /// When the init was seen to exit (its namespaces torn down, the pipes drained).
     pub exit_at: Instant,
+    /// When the init reported the payload's exit (before it tore anything down).
+    pub payload_exit_at: Option<Instant>,
     /// The workdir's root, when the child sent it (for returned files).
     pub workdir: Option<OwnedFd>,
     /// The caller cancelled the run and the sandbox was killed.
@@ -307,6 +309,7 @@ fn supervise(
     };
     let mut setup_failure = None;
     let mut payload_status = None;
+    let mut payload_exit_at = None;
     let mut exec_at = None;
     let mut timed_out = false;
     let mut violation = None;
@@ -414,7 +417,10 @@ fn supervise(
                                 exec_at = Some(now);
                                 deadline = now + params.timeout;
                             }
-                            Some(m) if m.kind == Kind::Exit => payload_status = Some(m.value),
+                            Some(m) if m.kind == Kind::Exit => {
+                                payload_status = Some(m.value);
+                                payload_exit_at = Some(Instant::now());
+                            }
                             Some(m) if m.kind == Kind::Listener => listener = passed,
                             Some(m) if m.kind == Kind::Workdir => workdir = passed,
                             _ => {}
@@ -447,7 +453,10 @@ fn supervise(
                 break;
             }
             match Message::decode(&buf[..n]) {
-                Some(m) if m.kind == Kind::Exit => payload_status = Some(m.value),
+                Some(m) if m.kind == Kind::Exit => {
+                    payload_status = Some(m.value);
+                    payload_exit_at = payload_exit_at.or(Some(exit_at));
+                }
                 Some(m) if m.kind == Kind::Error => {
                     let stage = Stage::from_u32(m.stage).unwrap_or(Stage::Exec);
                     setup_failure = Some((stage, m.detail, Errno::from_raw(m.value)));
@@ -470,6 +479,7 @@ fn supervise(
         stderr_truncated: stderr.truncated,
         exec_at,
         exit_at,
+        payload_exit_at,
         workdir,
         cancelled,
     })

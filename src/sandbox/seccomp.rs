@@ -394,10 +394,10 @@ pub fn syscall_name(nr: i64) -> Option<&'static str> {
 
 /// The number of a native-architecture syscall name.
 pub fn syscall_number(name: &str) -> Option<i64> {
-    generated::SYSCALL_TABLE
-        .iter()
-        .find(|&&(_, n)| n == name)
-        .map(|&(nr, _)| nr)
+    generated::SYSCALLS_BY_NAME
+        .binary_search_by_key(&name, |&(n, _)| n)
+        .ok()
+        .map(|index| generated::SYSCALLS_BY_NAME[index].1)
 }
 
 /// Syscalls the default policy allows (some only with restricted arguments), sorted. The list is
