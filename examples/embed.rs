@@ -4,6 +4,7 @@
 //! cargo run --example embed                    # run python3 -c ... and print the JSON result
 //! cargo run --example embed -- --leak-check N  # N runs in-process; prints fd counts before/after
 //! cargo run --example embed -- --cancel-after MS # `sleep 30`, cancelled from outside after MS ms
+//! cargo run --example embed -- --serve [--no-cgroup] [--prewarm]  # a warm launcher: one run per line
 //! ```
 //!
 //! Run it as root (or where the kernel allows unprivileged user namespaces; see
@@ -29,7 +30,21 @@ fn main() -> ExitCode {
             Ok(ms) => cancel_after(ms),
             Err(_) => Err(format!("--cancel-after takes milliseconds, not {ms:?}").into()),
         },
-        _ => Err("usage: embed [--leak-check N | --cancel-after MS]".into()),
+        [flag, opts @ ..] if flag == "--serve" => {
+            let cgroups = !opts.iter().any(|o| o == "--no-cgroup");
+            let prewarm = opts.iter().any(|o| o == "--prewarm");
+            match opts
+                .iter()
+                .find(|o| *o != "--no-cgroup" && *o != "--prewarm")
+            {
+                Some(other) => Err(format!("--serve: unknown option {other:?}").into()),
+                None => serve(cgroups, prewarm),
+            }
+        }
+        _ => Err(
+            "usage: embed [--leak-check N | --cancel-after MS | --serve [--no-cgroup] [--prewarm]]"
+                .into(),
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +143,41 @@ fn cancel_after(ms: u64) -> Result<(), BoxError> {
         "children_left": processes_with_uid(result.isolation.host_uid),
     });
     println!("{summary}");
+    Ok(())
+}
+
+/// A warm launcher, as a server's single-threaded launcher process would be: one `Sandbox`,
+/// one run per line of stdin (a JSON array: the argv), one line of output per run (the
+/// status and kakoi's timings). `benches/compare.py` times the round trip (`kakoi-warm`).
+fn serve(cgroups: bool, prewarm: bool) -> Result<(), BoxError> {
+    use std::io::{BufRead, Write};
+    let config = SandboxConfig {
+        cgroups: if cgroups {
+            kakoi::sandbox::CgroupMode::Auto
+        } else {
+            kakoi::sandbox::CgroupMode::Off
+        },
+        prewarm,
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(config)?;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let argv: Vec<String> = serde_json::from_str(&line?)?;
+        let result = sandbox.run(&RunSpec::command(argv))?;
+        let reply = serde_json::json!({
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "timings": result.timings,
+            "cgroup": result.isolation.cgroup,
+            "peak_memory_bytes": result.peak_memory_bytes,
+        });
+        writeln!(stdout, "{reply}")?;
+        stdout.flush()?;
+    }
     Ok(())
 }
 

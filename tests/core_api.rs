@@ -508,3 +508,135 @@ print(err(lambda: open("/work/c", "wb").write(big)))
         "{r:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Pre-warmed cgroups for long-lived launchers (src/sandbox/warm.rs).
+// ---------------------------------------------------------------------------------------
+
+/// `embed --serve --prewarm`: a warm launcher; one JSON argv per line in, one reply out.
+struct Warm {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Warm {
+    fn start() -> Warm {
+        let mut child = std::process::Command::new(embed_example())
+            .args(["--serve", "--prewarm"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Warm { child, out }
+    }
+
+    fn run(&mut self, argv: &[&str]) -> Value {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{}", serde_json::to_string(argv).unwrap()).unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+/// Distinct run cgroups of `launchers` (v1 has one directory per hierarchy).
+fn run_names_of(launchers: &BTreeSet<u32>) -> BTreeSet<std::ffi::OsString> {
+    run_cgroups_of(launchers)
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect()
+}
+
+fn is_v1() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+}
+
+#[test]
+fn prewarmed_runs_keep_every_limit_and_leave_nothing_behind() {
+    let _g = setup!();
+    if !require("cgroup", is_v1(), "pre-warming is for cgroup v1 hosts") {
+        return;
+    }
+    let mut warm = Warm::start();
+    let launcher = warm.child.id();
+    let launchers: BTreeSet<u32> = [launcher].into();
+    let mut prewarmed = 0;
+    for i in 0..4 {
+        // Give the stub time to move into its cgroup, as a server between requests would.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = warm.run(&["python3", "-c", "print(6 * 7)"]);
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["stdout"], "42\n");
+        if r["cgroup"]["attach"] == "prewarmed" {
+            prewarmed += 1;
+        } else {
+            assert_eq!(r["cgroup"]["attach"], "migrate", "run {i}: {r}");
+        }
+        // The next run's cgroup and its stub exist between requests.
+        assert_eq!(run_names_of(&launchers).len(), 1, "run {i}");
+    }
+    assert!(prewarmed >= 3, "only {prewarmed} of 4 runs were pre-warmed");
+    // Limits hold in a pre-warmed cgroup from the first instruction.
+    std::thread::sleep(Duration::from_millis(300));
+    let hog = warm.run(&["python3", "-c", "x = bytearray(400 << 20)"]);
+    assert_eq!(hog["status"], "oom", "{hog}");
+    assert_eq!(hog["cgroup"]["attach"], "prewarmed");
+    std::thread::sleep(Duration::from_millis(300));
+    let bomb = warm.run(&[
+        "python3",
+        "-c",
+        "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(5); os._exit(0)\n        n += 1\nexcept OSError:\n    print(n)",
+    ]);
+    assert_eq!(bomb["status"], "ok", "{bomb}");
+    assert_eq!(bomb["cgroup"]["attach"], "prewarmed");
+    let forked: u64 = bomb["stdout"].as_str().unwrap().trim().parse().unwrap();
+    // pids.max is 64 for the run (65 with the stub): python and its children stay under it.
+    assert!(forked < 64, "{forked} forks");
+    // Closing stdin ends the launcher: the Sandbox is dropped, the stub and its cgroup go.
+    drop(warm.child.stdin.take());
+    assert!(warm.child.wait().unwrap().success());
+    assert_eq!(run_cgroups_of(&launchers), Vec::<PathBuf>::new());
+    let uid: BTreeSet<u32> = [host_uid_of_launcher(launcher)].into();
+    assert_eq!(processes_of(&uid), vec![]);
+}
+
+#[test]
+fn a_killed_prewarming_launcher_leaves_nothing_behind() {
+    let _g = setup!();
+    if !require("cgroup", is_v1(), "pre-warming is for cgroup v1 hosts") {
+        return;
+    }
+    let mut warm = Warm::start();
+    let launcher = warm.child.id();
+    let launchers: BTreeSet<u32> = [launcher].into();
+    let r = warm.run(&["true"]);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(run_names_of(&launchers).len(), 1);
+    let stub_cgroups = run_cgroups_of(&launchers);
+    // The stub moves itself in after its fork; wait until it is there.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let stub: i32 = loop {
+        let procs = std::fs::read_to_string(stub_cgroups[0].join("cgroup.procs")).unwrap();
+        if let Ok(pid) = procs.trim().parse() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no stub moved into its cgroup");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    warm.child.kill().unwrap();
+    warm.child.wait().unwrap();
+    // The stub dies with its launcher (PDEATHSIG) ...
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(stub), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{stub}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the stub outlived its launcher");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ... and the next kakoi sweeps the cgroup it was waiting in.
+    let (r, _) = exec_json(&[], &["true"]);
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(run_cgroups_of(&launchers), Vec::<PathBuf>::new());
+}

@@ -99,6 +99,8 @@ pub struct LaunchParams<'a> {
     pub prepared: &'a Prepared,
     /// The run's cgroup, if any.
     pub cgroup: Option<&'a dyn RunCgroup>,
+    /// This process is already in `cgroup` (a pre-warmed stub): the child is born in it.
+    pub cgroup_entered: bool,
     /// Kernel layers for the child.
     pub layers: &'a Layers<'a>,
     /// An fd the child must keep open (the Landlock ruleset).
@@ -167,7 +169,10 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     if p.network_namespace {
         ns |= libc::CLONE_NEWNET;
     }
-    let entry = params.cgroup.map(super::cgroup::entry);
+    let entry = params
+        .cgroup
+        .filter(|_| !params.cgroup_entered)
+        .map(super::cgroup::entry);
     let cgroup_fd = match entry {
         Some(CgroupEntry::CloneInto(fd)) => Some(fd.as_raw_fd()),
         _ => None,

@@ -542,6 +542,13 @@ pub fn loopback_up() -> SysResult<()> {
     result.map(drop)
 }
 
+/// fork(2) through glibc. The caller must be single-threaded (the launcher, checked).
+pub fn fork() -> SysResult<libc::pid_t> {
+    // SAFETY: called only from the single-threaded launcher (its thread count is checked
+    // first); the child runs kakoi's own code and exits with `exit`.
+    check_int(unsafe { libc::fork() })
+}
+
 /// posix_spawn(3): start `program` with an empty signal mask and the dispositions of
 /// `defaults` reset to `SIG_DFL` (an ignored signal would stay ignored across exec). glibc
 /// uses `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own: nothing of the caller's memory

@@ -134,6 +134,8 @@ pub trait RunCgroup: Send + std::fmt::Debug {
     fn clone_into_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Move a process into this cgroup (every hierarchy on v1).
     fn attach(&self, pid: i32) -> Result<(), CgroupError>;
+    /// Write new limits (for a cgroup created ahead of its run; see `SandboxConfig::prewarm`).
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
     /// Read the accounting; missing files give `None` fields, never an error.
     fn stats(&self) -> CgroupStats;
     /// SIGKILL every process in the cgroup (v2 `cgroup.kill`, else a loop over `cgroup.procs`).

@@ -235,6 +235,10 @@ impl RunCgroup for V1Run {
         Ok(())
     }
 
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.apply(limits)
+    }
+
     fn stats(&self) -> CgroupStats {
         let mut stats = CgroupStats::default();
         if let Some(memory) = self.dir_of("memory") {
