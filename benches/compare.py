@@ -63,8 +63,9 @@ WARM = "@warm"
 class Warm:
     """A persistent `embed --serve` process."""
 
-    def __init__(self, embed: str, cgroups: bool):
-        argv = [embed, "--serve"] + ([] if cgroups else ["--no-cgroup"])
+    def __init__(self, embed: str, mode: str):
+        flags = {"cgroup": [], "nocgroup": ["--no-cgroup"], "prewarm": ["--prewarm"]}[mode]
+        argv = [embed, "--serve"] + flags
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, bufsize=0)
 
@@ -95,6 +96,7 @@ def variants(kakoi: str, docker: str | None, code: str,
     }
     if embed:
         out["kakoi-warm"] = [WARM, embed, "cgroup"] + py
+        out["kakoi-warm-prewarm"] = [WARM, embed, "prewarm"] + py
         out["kakoi-warm-nocg"] = [WARM, embed, "nocgroup"] + py
     if docker:
         # python:3.11-slim's interpreter lives at /usr/local/bin/python3.11.
@@ -133,7 +135,7 @@ def run_once(argv: list[str]) -> tuple[int, subprocess.CompletedProcess]:
         _, embed, mode, *payload = argv
         key = f"{embed}/{mode}"
         if key not in WARM_PROCS:
-            WARM_PROCS[key] = Warm(embed, mode == "cgroup")
+            WARM_PROCS[key] = Warm(embed, mode)
         ns, reply = WARM_PROCS[key].run(payload)
         try:
             r = json.loads(reply)
@@ -336,6 +338,7 @@ def svg_plot(results: dict, facts: dict) -> str:
     height = top + row_h * len(rows) + 20 * len(results) + 60
     colors = {"bare": "#6b7280", "bwrap": "#d97706", "kakoi": "#2563eb",
               "kakoi-nocg": "#60a5fa", "kakoi-warm": "#059669",
+              "kakoi-warm-prewarm": "#10b981",
               "kakoi-warm-nocg": "#34d399", "docker": "#9333ea"}
 
     def x(v: float) -> float:

@@ -18,7 +18,11 @@
 //! - `library/true_all_layers`: every layer, no cgroup;
 //! - `library/true_no_seccomp_landlock`: the same without seccomp and Landlock — the
 //!   difference is what those two layers cost on the launch path (issue 3: ≤ 0.3 ms);
-//! - `library/true_all_layers_cgroup`: every layer with a cgroup.
+//! - `library/true_all_layers_cgroup`: every layer with a cgroup;
+//! - `library/seccomp_landlock_cost`: the two configurations above interleaved, one run of
+//!   each per iteration, reporting the *difference* (with layers − without). Criterion runs
+//!   benchmarks one after another, so on a shared machine the load can change between two
+//!   of them; this one is immune to that.
 //!
 //! The `kakoi` binary is the one cargo built for this bench
 //! (`CARGO_BIN_EXE_kakoi`, bench profile = release settings). Must run as root
@@ -119,12 +123,28 @@ fn library(c: &mut Criterion) {
         ("true_all_layers_cgroup", with_cgroup),
     ];
     let spec = RunSpec::command(["/bin/true"]);
+    let layered = Sandbox::new(cases[0].1.clone()).expect("sandbox");
+    let plain = Sandbox::new(cases[1].1.clone()).expect("sandbox");
     let mut group = c.benchmark_group("library");
     group
         .sample_size(50)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
+    group.bench_function("seccomp_landlock_cost", |b| {
+        b.iter_custom(|iters| {
+            let (mut with, mut without) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                let started = std::time::Instant::now();
+                assert_eq!(layered.run(&spec).expect("run").status, Status::Ok);
+                with += started.elapsed();
+                let started = std::time::Instant::now();
+                assert_eq!(plain.run(&spec).expect("run").status, Status::Ok);
+                without += started.elapsed();
+            }
+            with.saturating_sub(without)
+        })
+    });
     for (name, config) in cases {
         let sandbox = Sandbox::new(config).unwrap_or_else(|e| panic!("{name}: {e}"));
         let check = sandbox.run(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -4,7 +4,7 @@
 //! cargo run --example embed                    # run python3 -c ... and print the JSON result
 //! cargo run --example embed -- --leak-check N  # N runs in-process; prints fd counts before/after
 //! cargo run --example embed -- --cancel-after MS # `sleep 30`, cancelled from outside after MS ms
-//! cargo run --example embed -- --serve [--no-cgroup] [--prewarm]  # a warm launcher: one run per line
+//! cargo run --example embed -- --serve [OPTIONS]  # a warm launcher: one run per stdin line
 //! ```
 //!
 //! Run it as root (or where the kernel allows unprivileged user namespaces; see
@@ -30,19 +30,10 @@ fn main() -> ExitCode {
             Ok(ms) => cancel_after(ms),
             Err(_) => Err(format!("--cancel-after takes milliseconds, not {ms:?}").into()),
         },
-        [flag, opts @ ..] if flag == "--serve" => {
-            let cgroups = !opts.iter().any(|o| o == "--no-cgroup");
-            let prewarm = opts.iter().any(|o| o == "--prewarm");
-            match opts
-                .iter()
-                .find(|o| *o != "--no-cgroup" && *o != "--prewarm")
-            {
-                Some(other) => Err(format!("--serve: unknown option {other:?}").into()),
-                None => serve(cgroups, prewarm),
-            }
-        }
+        [flag, opts @ ..] if flag == "--serve" => serve(opts),
         _ => Err(
-            "usage: embed [--leak-check N | --cancel-after MS | --serve [--no-cgroup] [--prewarm]]"
+            "usage: embed [--leak-check N | --cancel-after MS | --serve [--no-cgroup] \
+             [--prewarm] [--no-seccomp] [--no-landlock]]"
                 .into(),
         ),
     };
@@ -149,17 +140,21 @@ fn cancel_after(ms: u64) -> Result<(), BoxError> {
 /// A warm launcher, as a server's single-threaded launcher process would be: one `Sandbox`,
 /// one run per line of stdin (a JSON array: the argv), one line of output per run (the
 /// status and kakoi's timings). `benches/compare.py` times the round trip (`kakoi-warm`).
-fn serve(cgroups: bool, prewarm: bool) -> Result<(), BoxError> {
+///
+/// Options: `--no-cgroup`, `--prewarm` (`SandboxConfig::prewarm`), `--no-seccomp` and
+/// `--no-landlock` (to measure what those layers cost on the launch path).
+fn serve(opts: &[String]) -> Result<(), BoxError> {
     use std::io::{BufRead, Write};
-    let config = SandboxConfig {
-        cgroups: if cgroups {
-            kakoi::sandbox::CgroupMode::Auto
-        } else {
-            kakoi::sandbox::CgroupMode::Off
-        },
-        prewarm,
-        ..SandboxConfig::default()
-    };
+    let mut config = SandboxConfig::default();
+    for opt in opts {
+        match opt.as_str() {
+            "--no-cgroup" => config.cgroups = kakoi::sandbox::CgroupMode::Off,
+            "--prewarm" => config.prewarm = true,
+            "--no-seccomp" => config.seccomp = kakoi::sandbox::SeccompSetting::Disabled,
+            "--no-landlock" => config.landlock = None,
+            other => return Err(format!("--serve: unknown option {other:?}").into()),
+        }
+    }
     let sandbox = Sandbox::new(config)?;
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
