@@ -86,7 +86,8 @@ WARM_PROCS: dict[str, Warm] = {}
 
 
 def variants(kakoi: str, docker: str | None, code: str,
-             embed: str | None = None) -> dict[str, list[str]]:
+             embed: str | None = None,
+             extra: dict[str, str] | None = None) -> dict[str, list[str]]:
     py = [PYTHON, "-c", code]
     out = {
         "bare": py,
@@ -94,6 +95,9 @@ def variants(kakoi: str, docker: str | None, code: str,
         "kakoi": [kakoi, "exec", "--"] + py,
         "kakoi-nocg": [kakoi, "exec", "--no-cgroup", "--"] + py,
     }
+    for name, binary in (extra or {}).items():
+        out[name] = [binary, "exec", "--"] + py
+        out[f"{name}-nocg"] = [binary, "exec", "--no-cgroup", "--"] + py
     if embed:
         out["kakoi-warm"] = [WARM, embed, "cgroup"] + py
         out["kakoi-warm-prewarm"] = [WARM, embed, "prewarm"] + py
@@ -418,6 +422,9 @@ def main() -> int:
                     help="warm-launcher binary for the kakoi-warm variants (default: "
                          "target/release/examples/embed if built with "
                          "`cargo build --release --examples`; skipped otherwise)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="another kakoi binary to time as variants NAME and NAME-nocg "
+                         "(for example a static build: kakoi-static=PATH)")
     ap.add_argument("--workloads", default="pass", help="comma list of: pass,hello")
     ap.add_argument("--docker", action="store_true", help="also time docker run (if a daemon answers)")
     ap.add_argument("--variants", default=None,
@@ -439,6 +446,13 @@ def main() -> int:
         td = os.environ.get("CARGO_TARGET_DIR")
         guess = (Path(td) if td else root / "target") / "release" / "examples" / "embed"
         embed = str(guess) if os.access(guess, os.X_OK) else None
+    extra = {}
+    for item in args.extra:
+        name, sep, path = item.partition("=")
+        if not sep or not name.startswith("kakoi") or not os.access(path, os.X_OK):
+            print(f"error: --extra {item!r}: expected kakoi-NAME=EXECUTABLE", file=sys.stderr)
+            return 2
+        extra[name] = path
     wls = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in wls:
         if w not in WORKLOADS:
@@ -469,7 +483,7 @@ def main() -> int:
     # Build the job list and check that everything runs before timing anything.
     jobs: list[tuple[str, str, list[str]]] = []
     for wl in wls:
-        for name, argv in variants(kakoi, docker_bin, WORKLOADS[wl], embed).items():
+        for name, argv in variants(kakoi, docker_bin, WORKLOADS[wl], embed, extra).items():
             if args.variants and name != "bare" and name not in args.variants.split(","):
                 continue
             jobs.append((wl, name, argv))
