@@ -138,8 +138,8 @@ fn cancel_after(ms: u64) -> Result<(), BoxError> {
 }
 
 /// A warm launcher, as a server's single-threaded launcher process would be: one `Sandbox`,
-/// one run per line of stdin (a JSON array: the argv), one line of output per run (the
-/// status and kakoi's timings). `benches/compare.py` times the round trip (`kakoi-warm`).
+/// one run per line of stdin (a JSON array: the argv; or `{"argv": [...], "limits": {...}}`),
+/// one line of output per run (the status, output, timings and cgroup facts). `benches/compare.py` times the round trip (`kakoi-warm`).
 ///
 /// Options: `--no-cgroup`, `--prewarm` (`SandboxConfig::prewarm`), `--no-seccomp` and
 /// `--no-landlock` (to measure what those layers cost on the launch path).
@@ -159,8 +159,18 @@ fn serve(opts: &[String]) -> Result<(), BoxError> {
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lock().lines() {
-        let argv: Vec<String> = serde_json::from_str(&line?)?;
-        let result = sandbox.run(&RunSpec::command(argv))?;
+        // Either an argv array, or {"argv": [...], "limits": {...}}.
+        let request: serde_json::Value = serde_json::from_str(&line?)?;
+        let (argv, limits) = match request {
+            serde_json::Value::Array(_) => (request, serde_json::Value::Null),
+            mut object => (object["argv"].take(), object["limits"].take()),
+        };
+        let argv: Vec<String> = serde_json::from_value(argv)?;
+        let mut spec = RunSpec::command(argv);
+        if !limits.is_null() {
+            spec.limits = serde_json::from_value(limits)?;
+        }
+        let result = sandbox.run(&spec)?;
         let reply = serde_json::json!({
             "status": result.status,
             "exit_code": result.exit_code,
@@ -169,6 +179,7 @@ fn serve(opts: &[String]) -> Result<(), BoxError> {
             "timings": result.timings,
             "cgroup": result.isolation.cgroup,
             "peak_memory_bytes": result.peak_memory_bytes,
+            "oom_killed": result.oom_killed,
         });
         writeln!(stdout, "{reply}")?;
         stdout.flush()?;

@@ -467,13 +467,14 @@ fn the_payload_starts_with_default_signal_dispositions_and_mask() {
         &[
             "sh",
             "-c",
-            "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -c 2 >/dev/null; echo done",
+            "grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -c 2 >/dev/null; echo done; cat /proc/self/oom_score_adj",
         ],
     );
     assert_eq!(r.status, Status::Ok, "{r:#?}");
+    // And it is the OOM killer's first choice (oom_score_adj 1000).
     assert_eq!(
         r.stdout,
-        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ndone\n"
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ndone\n1000\n"
     );
     assert_eq!(r.stderr, "", "yes saw EPIPE instead of dying of SIGPIPE");
 }
@@ -532,9 +533,13 @@ impl Warm {
     }
 
     fn run(&mut self, argv: &[&str]) -> Value {
+        self.run_request(serde_json::json!(argv))
+    }
+
+    fn run_request(&mut self, request: Value) -> Value {
         use std::io::{BufRead, Write};
         let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{}", serde_json::to_string(argv).unwrap()).unwrap();
+        writeln!(stdin, "{request}").unwrap();
         let mut line = String::new();
         self.out.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
@@ -639,4 +644,25 @@ fn a_killed_prewarming_launcher_leaves_nothing_behind() {
     let (r, _) = exec_json(&[], &["true"]);
     assert_eq!(r.status, Status::Ok);
     assert_eq!(run_cgroups_of(&launchers), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_prewarmed_run_filling_tmpfs_is_oom_not_a_dead_stub() {
+    let _g = setup!();
+    if !require("cgroup", is_v1(), "pre-warming is for cgroup v1 hosts") {
+        return;
+    }
+    let mut warm = Warm::start();
+    std::thread::sleep(Duration::from_millis(300));
+    // Memory in tmpfs files counts in no process's RSS, so the stub (a copy of the launcher)
+    // would be the cgroup's largest task if it had not opted out of the OOM killer.
+    let r = warm.run_request(serde_json::json!({
+        "argv": ["sh", "-c", "i=0; while :; do head -c 4000000 /dev/zero > /tmp/f$i; i=$((i+1)); done"],
+        "limits": {"memory": 48 << 20, "tmp_size": 256 << 20, "timeout": 20.0},
+    }));
+    assert_eq!(r["cgroup"]["attach"], "prewarmed", "{r}");
+    assert_eq!(r["status"], "oom", "{r}");
+    assert_eq!(r["oom_killed"], true, "{r}");
+    drop(warm.child.stdin.take());
+    assert!(warm.child.wait().unwrap().success());
 }

@@ -81,6 +81,14 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     step(Stage::Stdio, sys::dup2(p.stdin_raw(), 0));
     step(Stage::Stdio, sys::dup2(fds.stdout, 1));
     step(Stage::Stdio, sys::dup2(fds.stderr, 2));
+    // The sandbox's processes are the first the OOM killer takes, in its cgroup (never a
+    // pre-warmed stub supervising it, whose memory may be the larger when the payload's is in
+    // tmpfs files) and on the host. Raising one's own score needs no privilege, but must come
+    // before the id change below, which makes our /proc files root's (not dumpable).
+    step(
+        Stage::OomScore,
+        sys::write_file(c"/proc/self/oom_score_adj", b"1000"),
+    );
 
     // 3. Become the sandbox user now: the kernel refuses to create inodes (EOVERFLOW) for
     //    an owner that is not mapped in the namespace, and only uid/gid 1000 are mapped.

@@ -47,6 +47,8 @@ pub enum Stage {
     Workdir,
     /// sethostname.
     Hostname,
+    /// Raising oom_score_adj.
+    OomScore,
     /// pivot_root.
     PivotRoot,
     /// Detaching the old root.
@@ -87,7 +89,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, for decoding.
-    pub const ALL: [Stage; 27] = [
+    pub const ALL: [Stage; 28] = [
         Stage::WaitRelease,
         Stage::ParentDeathSignal,
         Stage::Setsid,
@@ -97,6 +99,7 @@ impl Stage {
         Stage::Loopback,
         Stage::Workdir,
         Stage::Hostname,
+        Stage::OomScore,
         Stage::PivotRoot,
         Stage::DetachOldRoot,
         Stage::Chdir,
@@ -134,6 +137,7 @@ impl Stage {
             Stage::Loopback => "loopback",
             Stage::Workdir => "workdir",
             Stage::Hostname => "hostname",
+            Stage::OomScore => "oom-score",
             Stage::PivotRoot => "pivot-root",
             Stage::DetachOldRoot => "detach-old-root",
             Stage::Chdir => "chdir",

@@ -346,6 +346,14 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
     }
 }
 
+/// Write `data` to an existing file (a /proc control file).
+pub fn write_file(path: &CStr, data: &[u8]) -> SysResult<()> {
+    let fd = open(path, libc::O_WRONLY, 0)?;
+    let result = write_all(fd, data);
+    close(fd);
+    result
+}
+
 /// Copy `len` bytes from `src` (read from offset 0) to `dst` with sendfile(2).
 pub fn copy_fd(src: RawFd, dst: RawFd, len: u64) -> SysResult<()> {
     let mut offset: libc::off_t = 0;

@@ -22,6 +22,9 @@
 //! - the stub's own memory (its copy-on-write pages, the captured output, at most the output
 //!   caps) is charged to the run's memory cgroup: the payload's memory limit includes it, and
 //!   so does `peak_memory_bytes`;
+//! - the sandbox's processes raise their `oom_score_adj` to 1000 (every run does), so the
+//!   cgroup's OOM killer takes a payload process, never the stub, even when the payload's
+//!   memory is tmpfs files that count in no process's RSS;
 //! - requests with more than [`MAX_INLINE_BYTES`] of in-memory input files, and any request
 //!   while no stub is ready, take the ordinary path (create, clone, migrate).
 //!
