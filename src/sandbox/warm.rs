@@ -7,9 +7,10 @@
 //! process that clones the sandbox is already in the run's cgroup.
 //!
 //! A launcher that runs many requests (a server's single-threaded launcher process) keeps
-//! one **stub** ready: after each run (and when the `Sandbox` is created) it creates the next
-//! run's cgroup and forks a stub, a copy of itself, which moves *itself* into that cgroup —
-//! the grace period is waited for by the stub, while the launcher returns to its caller. A
+//! one **stub** ready: after each run (and when the `Sandbox` is created) it forks a stub, a
+//! copy of itself, which creates the next run's cgroup and moves *itself* into it — the
+//! cgroup creation and the grace period are paid by the stub, while the launcher returns to
+//! its caller (its own share is the fork). A
 //! request then goes to the stub (the `RunSpec` as JSON, the cancel fd with `SCM_RIGHTS`);
 //! the stub writes the run's limits into its cgroup, runs the request exactly as the
 //! launcher would (prepare, clone — the sandbox is born in the cgroup, so every limit holds
@@ -117,12 +118,12 @@ impl Sandbox {
     }
 
     fn start_stub(&self, driver: &dyn super::CgroupDriver) -> Result<Stub, String> {
-        let placeholder = CgroupLimits {
-            memory_bytes: DEFAULT_MEMORY,
-            pids: DEFAULT_PIDS + 1,
-            cpu_millicores: 1000,
+        // Only named here; the stub creates it (mkdir of a v1 memory cgroup is not cheap), so
+        // the launcher's share of pre-warming is one fork.
+        let cgroup = match driver.plan() {
+            Some(planned) => planned.map_err(|e| e.to_string())?,
+            None => return Err("this cgroup driver cannot pre-create run cgroups".into()),
         };
-        let cgroup = driver.create(&placeholder).map_err(|e| e.to_string())?;
         let (launcher_end, stub_end) = UnixStream::pair().map_err(|e| e.to_string())?;
         let launcher = std::process::id() as libc::pid_t;
         // SAFETY of the fork is the launcher's single-threadedness (checked as for every
@@ -158,8 +159,17 @@ impl Sandbox {
         {
             sys::exit(0);
         }
-        // The grace period of the move is waited for here, not by the launcher.
-        if cgroup.attach(std::process::id() as i32).is_err() || sock.write_all(b"R").is_err() {
+        // Creating the cgroup and the grace period of the move are paid here, not by the
+        // launcher.
+        let placeholder = CgroupLimits {
+            memory_bytes: DEFAULT_MEMORY,
+            pids: DEFAULT_PIDS + 1,
+            cpu_millicores: 1000,
+        };
+        if cgroup.create_planned(&placeholder).is_err()
+            || cgroup.attach(std::process::id() as i32).is_err()
+            || sock.write_all(b"R").is_err()
+        {
             sys::exit(1);
         }
         // One marker byte, with the cancel fd when there is one.
@@ -256,6 +266,8 @@ impl Sandbox {
         let reply = read_frame(&mut stub.sock)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Reply>(&bytes).ok());
+        // The next stub first: its cgroup creation and move overlap with removing this one.
+        self.prewarm();
         stub.discard();
         Outcome::Ran(Box::new(match reply {
             Some(Reply::Result(result)) => Ok(*result),

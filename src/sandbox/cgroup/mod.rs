@@ -124,6 +124,13 @@ pub trait CgroupDriver: Send + Sync + std::fmt::Debug {
     fn controllers(&self) -> Vec<String>;
     /// Create the cgroup of one run with its limits applied.
     fn create(&self, limits: &CgroupLimits) -> Result<Box<dyn RunCgroup>, CgroupError>;
+    /// A handle to the next run's cgroup without creating it, for a cgroup another process
+    /// creates (`RunCgroup::create_planned`; the pre-warmed stub, v1). `None` where the
+    /// driver does not support it. Removing the handle's cgroup works whether or not it was
+    /// created.
+    fn plan(&self) -> Option<Result<Box<dyn RunCgroup>, CgroupError>> {
+        None
+    }
     /// Kill and remove cgroups left by kakoi processes that no longer exist; returns how many.
     fn cleanup_stale(&self) -> Result<usize, CgroupError>;
 }
@@ -136,6 +143,13 @@ pub trait RunCgroup: Send + std::fmt::Debug {
     fn attach(&self, pid: i32) -> Result<(), CgroupError>;
     /// Write new limits (for a cgroup created ahead of its run; see `SandboxConfig::prewarm`).
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Create the directories of a handle from [`CgroupDriver::plan`] and write `limits`.
+    fn create_planned(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let _ = limits;
+        Err(CgroupError::Unavailable {
+            reason: "this cgroup driver creates run cgroups only with create()".into(),
+        })
+    }
     /// Read the accounting; missing files give `None` fields, never an error.
     fn stats(&self) -> CgroupStats;
     /// SIGKILL every process in the cgroup (v2 `cgroup.kill`, else a loop over `cgroup.procs`).
