@@ -266,8 +266,9 @@ impl Sandbox {
         let reply = read_frame(&mut stub.sock)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Reply>(&bytes).ok());
-        // The next stub first: its cgroup creation and move overlap with removing this one.
-        self.prewarm();
+        // This stub and its cgroup go first, then the next stub starts (in `run_with`): a v1
+        // migration holds the cgroup mutex through its grace period, so removing a cgroup
+        // while the next stub moves in would wait for that grace period.
         stub.discard();
         Outcome::Ran(Box::new(match reply {
             Some(Reply::Result(result)) => Ok(*result),
