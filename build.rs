@@ -1,8 +1,9 @@
 //! Compiles the seccomp policies in `seccomp/<arch>/` to BPF for the target architecture.
 //!
-//! Outputs in `OUT_DIR`: `default.{allow,enosys,report}.bpf` (raw `sock_filter` arrays,
-//! little-endian `code:u16 jt:u8 jf:u8 k:u32`) and `seccomp_generated.rs` (syscall names of the
-//! policy and the architecture's syscall table), included by `src/sandbox/seccomp.rs`.
+//! Outputs in `OUT_DIR`: `default.conditional.bpf` (the allowlist's argument rules as a raw
+//! `sock_filter` array, little-endian `code:u16 jt:u8 jf:u8 k:u32`) and `seccomp_generated.rs`
+//! (syscall names of the policy and the architecture's syscall table), included by
+//! `src/sandbox/seccomp.rs`, which assembles the one filter a run installs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,33 +29,31 @@ fn main() {
     writeln!(generated, "pub const POLICY_ARCH: &str = {arch:?};").unwrap();
 
     let supported = matches!(arch.as_str(), "x86_64" | "aarch64");
-    let (allowed, reported, plain) = if supported {
+    let (allowed, reported, plain, enosys, deny_errno) = if supported {
         let target = seccompiler::TargetArch::try_from(arch.as_str()).expect("supported arch");
         let text = std::fs::read_to_string(&policy_path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", policy_path.display()));
         let compiled = compile::compile_policy(&text, target)
             .unwrap_or_else(|e| panic!("invalid seccomp policy {}: {e}", policy_path.display()));
-        for (name, program) in [
-            ("allow", &compiled.allow),
-            ("enosys", &compiled.enosys),
-            ("report", &compiled.report),
-        ] {
-            let mut bytes = Vec::with_capacity(program.len() * 8);
-            for instruction in program {
-                bytes.extend_from_slice(&instruction.code.to_le_bytes());
-                bytes.push(instruction.jt);
-                bytes.push(instruction.jf);
-                bytes.extend_from_slice(&instruction.k.to_le_bytes());
-            }
-            std::fs::write(out.join(format!("default.{name}.bpf")), bytes).unwrap();
+        let mut bytes = Vec::with_capacity(compiled.allow.len() * 8);
+        for instruction in &compiled.allow {
+            bytes.extend_from_slice(&instruction.code.to_le_bytes());
+            bytes.push(instruction.jt);
+            bytes.push(instruction.jf);
+            bytes.extend_from_slice(&instruction.k.to_le_bytes());
         }
-        (compiled.allowed, compiled.reported, compiled.plain)
+        std::fs::write(out.join("default.conditional.bpf"), bytes).unwrap();
+        (
+            compiled.allowed,
+            compiled.reported,
+            compiled.plain,
+            compiled.enosys_names,
+            compiled.deny_errno,
+        )
     } else {
         // Unsupported target: an empty policy; `SeccompPolicy::default_policy` reports it.
-        for name in ["allow", "enosys", "report"] {
-            std::fs::write(out.join(format!("default.{name}.bpf")), []).unwrap();
-        }
-        (Vec::new(), Vec::new(), Vec::new())
+        std::fs::write(out.join("default.conditional.bpf"), []).unwrap();
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 1)
     };
     let list = |names: &[String]| names.iter().map(|n| format!("{n:?}, ")).collect::<String>();
     writeln!(generated, "/// Syscalls the default policy allows, sorted.").unwrap();
@@ -86,8 +85,30 @@ fn main() {
         list(&reported)
     )
     .unwrap();
+    writeln!(
+        generated,
+        "/// Syscalls the default policy answers with ENOSYS, sorted."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const DEFAULT_ENOSYS: &[&str] = &[{}];",
+        list(&enosys)
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// The errno unknown syscalls get under the default policy."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const DEFAULT_DENY_ERRNO: u32 = {deny_errno};"
+    )
+    .unwrap();
 
     let mut table = String::new();
+    let mut by_name: Vec<(String, i64)> = Vec::new();
     if supported {
         let text = std::fs::read_to_string(&table_path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", table_path.display()));
@@ -100,8 +121,14 @@ fn main() {
                 .unwrap_or_else(|| panic!("{}: bad line {line:?}", table_path.display()));
             let nr: i64 = nr.parse().expect("syscall number");
             write!(table, "({nr}, {name:?}), ").unwrap();
+            by_name.push((name.to_string(), nr));
         }
     }
+    by_name.sort();
+    let by_name: String = by_name
+        .iter()
+        .map(|(name, nr)| format!("({name:?}, {nr}), "))
+        .collect();
     writeln!(
         generated,
         "/// `(number, name)` for the target architecture, sorted by number."
@@ -110,6 +137,16 @@ fn main() {
     writeln!(
         generated,
         "pub const SYSCALL_TABLE: &[(i64, &str)] = &[{table}];"
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// `(name, number)` for the target architecture, sorted by name."
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "pub const SYSCALLS_BY_NAME: &[(&str, i64)] = &[{by_name}];"
     )
     .unwrap();
     std::fs::write(out.join("seccomp_generated.rs"), generated).unwrap();

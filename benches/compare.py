@@ -54,7 +54,40 @@ BWRAP_ARGS = [
 ]
 
 
-def variants(kakoi: str, docker: str | None, code: str) -> dict[str, list[str]]:
+# A warm launcher (a long-lived single-threaded process reusing one `Sandbox`, as a server
+# runs it): `examples/embed --serve` reads one JSON argv per line and answers one line per
+# run. Its samples are the round trip of one request.
+WARM = "@warm"
+
+
+class Warm:
+    """A persistent `embed --serve` process."""
+
+    def __init__(self, embed: str, mode: str):
+        flags = {"cgroup": [], "nocgroup": ["--no-cgroup"], "prewarm": ["--prewarm"]}[mode]
+        argv = [embed, "--serve"] + flags
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, bufsize=0)
+
+    def run(self, argv: list[str]) -> tuple[int, str]:
+        line = (json.dumps(argv) + "\n").encode()
+        t0 = time.perf_counter_ns()
+        self.proc.stdin.write(line)
+        reply = self.proc.stdout.readline()
+        t1 = time.perf_counter_ns()
+        return t1 - t0, reply.decode()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+WARM_PROCS: dict[str, Warm] = {}
+
+
+def variants(kakoi: str, docker: str | None, code: str,
+             embed: str | None = None,
+             extra: dict[str, str] | None = None) -> dict[str, list[str]]:
     py = [PYTHON, "-c", code]
     out = {
         "bare": py,
@@ -62,6 +95,13 @@ def variants(kakoi: str, docker: str | None, code: str) -> dict[str, list[str]]:
         "kakoi": [kakoi, "exec", "--"] + py,
         "kakoi-nocg": [kakoi, "exec", "--no-cgroup", "--"] + py,
     }
+    for name, binary in (extra or {}).items():
+        out[name] = [binary, "exec", "--"] + py
+        out[f"{name}-nocg"] = [binary, "exec", "--no-cgroup", "--"] + py
+    if embed:
+        out["kakoi-warm"] = [WARM, embed, "cgroup"] + py
+        out["kakoi-warm-prewarm"] = [WARM, embed, "prewarm"] + py
+        out["kakoi-warm-nocg"] = [WARM, embed, "nocgroup"] + py
     if docker:
         # python:3.11-slim's interpreter lives at /usr/local/bin/python3.11.
         out["docker"] = [docker, "run", "--rm", "--network", "none", "python:3.11-slim",
@@ -95,6 +135,20 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
 
 
 def run_once(argv: list[str]) -> tuple[int, subprocess.CompletedProcess]:
+    if argv and argv[0] == WARM:
+        _, embed, mode, *payload = argv
+        key = f"{embed}/{mode}"
+        if key not in WARM_PROCS:
+            WARM_PROCS[key] = Warm(embed, mode)
+        ns, reply = WARM_PROCS[key].run(payload)
+        try:
+            r = json.loads(reply)
+            code = 0 if r.get("status") == "ok" else 1
+            out = r.get("stdout", "").encode()
+            err = (r.get("stderr", "") or json.dumps(r)).encode() if code else b""
+        except ValueError:
+            code, out, err = 1, b"", f"no reply from the warm launcher: {reply!r}".encode()
+        return ns, subprocess.CompletedProcess(argv, code, out, err)
     t0 = time.perf_counter_ns()
     cp = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE)
@@ -287,7 +341,9 @@ def svg_plot(results: dict, facts: dict) -> str:
     plot_w = width - left - right
     height = top + row_h * len(rows) + 20 * len(results) + 60
     colors = {"bare": "#6b7280", "bwrap": "#d97706", "kakoi": "#2563eb",
-              "kakoi-nocg": "#60a5fa", "docker": "#9333ea"}
+              "kakoi-nocg": "#60a5fa", "kakoi-warm": "#059669",
+              "kakoi-warm-prewarm": "#10b981",
+              "kakoi-warm-nocg": "#34d399", "docker": "#9333ea"}
 
     def x(v: float) -> float:
         return left + plot_w * min(v, xmax) / xmax
@@ -362,6 +418,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5, help="untimed iterations first (5)")
     ap.add_argument("--kakoi", default=None,
                     help="kakoi binary (default: $CARGO_TARGET_DIR or target/release/kakoi)")
+    ap.add_argument("--embed", default=None,
+                    help="warm-launcher binary for the kakoi-warm variants (default: "
+                         "target/release/examples/embed if built with "
+                         "`cargo build --release --examples`; skipped otherwise)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="another kakoi binary to time as variants NAME and NAME-nocg "
+                         "(for example a static build: kakoi-static=PATH)")
     ap.add_argument("--workloads", default="pass", help="comma list of: pass,hello")
     ap.add_argument("--docker", action="store_true", help="also time docker run (if a daemon answers)")
     ap.add_argument("--variants", default=None,
@@ -378,6 +441,18 @@ def main() -> int:
         print(f"error: kakoi binary not found at {kakoi} (cargo build --release, or --kakoi)",
               file=sys.stderr)
         return 2
+    embed = args.embed
+    if embed is None:
+        td = os.environ.get("CARGO_TARGET_DIR")
+        guess = (Path(td) if td else root / "target") / "release" / "examples" / "embed"
+        embed = str(guess) if os.access(guess, os.X_OK) else None
+    extra = {}
+    for item in args.extra:
+        name, sep, path = item.partition("=")
+        if not sep or not name.startswith("kakoi") or not os.access(path, os.X_OK):
+            print(f"error: --extra {item!r}: expected kakoi-NAME=EXECUTABLE", file=sys.stderr)
+            return 2
+        extra[name] = path
     wls = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in wls:
         if w not in WORKLOADS:
@@ -385,6 +460,9 @@ def main() -> int:
             return 2
 
     notes: list[str] = []
+    if embed is None:
+        notes.append("kakoi-warm variants skipped: no examples/embed binary "
+                     "(cargo build --release --examples, or --embed PATH)")
     docker_bin = None
     if args.docker:
         d = shutil.which("docker")
@@ -405,7 +483,7 @@ def main() -> int:
     # Build the job list and check that everything runs before timing anything.
     jobs: list[tuple[str, str, list[str]]] = []
     for wl in wls:
-        for name, argv in variants(kakoi, docker_bin, WORKLOADS[wl]).items():
+        for name, argv in variants(kakoi, docker_bin, WORKLOADS[wl], embed, extra).items():
             if args.variants and name != "bare" and name not in args.variants.split(","):
                 continue
             jobs.append((wl, name, argv))
@@ -437,6 +515,8 @@ def main() -> int:
         if (i + 1) % 50 == 0:
             print(f"  {i + 1}/{args.runs}", file=sys.stderr, flush=True)
 
+    for warm in WARM_PROCS.values():
+        warm.close()
     facts = host_facts(kakoi)
     facts["loadavg_end"] = os.getloadavg()
     facts["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

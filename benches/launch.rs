@@ -11,6 +11,19 @@
 //! - `spawn/bare_python`, `spawn/kakoi_python`: `python3.11 -c pass`, the
 //!   workload the issue's target is stated for.
 //!
+//! The `library` group runs the launch path in this process through the library
+//! (`Sandbox::run` of `/bin/true`, one `Sandbox` reused like a server's launcher does), so
+//! kakoi's own process start is not in it:
+//!
+//! - `library/true_all_layers`: every layer, no cgroup;
+//! - `library/true_no_seccomp_landlock`: the same without seccomp and Landlock — the
+//!   difference is what those two layers cost on the launch path (issue 3: ≤ 0.3 ms);
+//! - `library/true_all_layers_cgroup`: every layer with a cgroup;
+//! - `library/seccomp_landlock_cost`: the two configurations above interleaved, one run of
+//!   each per iteration, reporting the *difference* (with layers − without). Criterion runs
+//!   benchmarks one after another, so on a shared machine the load can change between two
+//!   of them; this one is immune to that.
+//!
 //! The `kakoi` binary is the one cargo built for this bench
 //! (`CARGO_BIN_EXE_kakoi`, bench profile = release settings). Must run as root
 //! (or where unprivileged user namespaces work); run with
@@ -21,6 +34,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode};
+use kakoi::sandbox::{CgroupMode, SeccompSetting};
+use kakoi::{RunSpec, Sandbox, SandboxConfig, Status};
 
 const KAKOI: &str = env!("CARGO_BIN_EXE_kakoi");
 const PYTHON: &str = "/usr/bin/python3.11";
@@ -89,10 +104,66 @@ fn launch(c: &mut Criterion) {
     group.finish();
 }
 
+/// In-process launches through the library (the bench process is single-threaded, as
+/// `Sandbox::run` requires).
+fn library(c: &mut Criterion) {
+    let all = SandboxConfig {
+        cgroups: CgroupMode::Off,
+        ..SandboxConfig::default()
+    };
+    let bare_layers = SandboxConfig {
+        seccomp: SeccompSetting::Disabled,
+        landlock: None,
+        ..all.clone()
+    };
+    let with_cgroup = SandboxConfig::default();
+    let cases = [
+        ("true_all_layers", all),
+        ("true_no_seccomp_landlock", bare_layers),
+        ("true_all_layers_cgroup", with_cgroup),
+    ];
+    let spec = RunSpec::command(["/bin/true"]);
+    let layered = Sandbox::new(cases[0].1.clone()).expect("sandbox");
+    let plain = Sandbox::new(cases[1].1.clone()).expect("sandbox");
+    let mut group = c.benchmark_group("library");
+    group
+        .sample_size(50)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("seccomp_landlock_cost", |b| {
+        b.iter_custom(|iters| {
+            let (mut with, mut without) = (Duration::ZERO, Duration::ZERO);
+            for _ in 0..iters {
+                let started = std::time::Instant::now();
+                assert_eq!(layered.run(&spec).expect("run").status, Status::Ok);
+                with += started.elapsed();
+                let started = std::time::Instant::now();
+                assert_eq!(plain.run(&spec).expect("run").status, Status::Ok);
+                without += started.elapsed();
+            }
+            with.saturating_sub(without)
+        })
+    });
+    for (name, config) in cases {
+        let sandbox = Sandbox::new(config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let check = sandbox.run(&spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(check.status, Status::Ok, "{name}: {check:#?}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let r = sandbox.run(&spec).expect("run");
+                assert_eq!(r.status, Status::Ok);
+            })
+        });
+    }
+    group.finish();
+}
+
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated
 // `pub fn` has no doc comment and would trip `missing_docs`.
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     launch(&mut c);
+    library(&mut c);
     c.final_summary();
 }

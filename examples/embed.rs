@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --example embed                    # run python3 -c ... and print the JSON result
 //! cargo run --example embed -- --leak-check N  # N runs in-process; prints fd counts before/after
+//! cargo run --example embed -- --cancel-after MS # `sleep 30`, cancelled from outside after MS ms
+//! cargo run --example embed -- --serve [OPTIONS]  # a warm launcher: one run per stdin line
 //! ```
 //!
 //! Run it as root (or where the kernel allows unprivileged user namespaces; see
@@ -12,6 +14,7 @@
 
 use std::process::ExitCode;
 
+use kakoi::sandbox::RunOptions;
 use kakoi::spec::Limits;
 use kakoi::{RunResult, RunSpec, Sandbox, SandboxConfig, Status};
 
@@ -23,7 +26,16 @@ fn main() -> ExitCode {
             Ok(n) => leak_check(n),
             Err(_) => Err(format!("--leak-check takes a number, not {n:?}").into()),
         },
-        _ => Err("usage: embed [--leak-check N]".into()),
+        [flag, ms] if flag == "--cancel-after" => match ms.parse() {
+            Ok(ms) => cancel_after(ms),
+            Err(_) => Err(format!("--cancel-after takes milliseconds, not {ms:?}").into()),
+        },
+        [flag, opts @ ..] if flag == "--serve" => serve(opts),
+        _ => Err(
+            "usage: embed [--leak-check N | --cancel-after MS | --serve [--no-cgroup] \
+             [--prewarm] [--no-seccomp] [--no-landlock]]"
+                .into(),
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +104,86 @@ fn leak_check(n: usize) -> Result<(), BoxError> {
         "children_left": processes_with_uid(host_uid),
     });
     println!("{summary}");
+    Ok(())
+}
+
+/// Cancel a long run from outside: `RunOptions::cancel` takes any fd that becomes readable
+/// (here a timerfd firing after `ms`; a server would use a pipe or an eventfd it writes when
+/// the client goes away). Prints the result: status `cancelled`, every process gone.
+fn cancel_after(ms: u64) -> Result<(), BoxError> {
+    use nix::sys::time::TimeSpec;
+    use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC)?;
+    let delay = std::time::Duration::from_millis(ms);
+    timer.set(
+        Expiration::OneShot(TimeSpec::from_duration(delay)),
+        TimerSetTimeFlags::empty(),
+    )?;
+    let options = RunOptions {
+        cancel: Some(timer.as_fd().as_raw_fd()),
+        ..RunOptions::default()
+    };
+    let result = sandbox.run_with(&RunSpec::command(["sleep", "30"]), options)?;
+    let summary = serde_json::json!({
+        "status": result.status,
+        "wall_ms": result.wall_ms,
+        "host_uid": result.isolation.host_uid,
+        "children_left": processes_with_uid(result.isolation.host_uid),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// A warm launcher, as a server's single-threaded launcher process would be: one `Sandbox`,
+/// one run per line of stdin (a JSON array: the argv; or `{"argv": [...], "limits": {...}}`),
+/// one line of output per run (the status, output, timings and cgroup facts). `benches/compare.py` times the round trip (`kakoi-warm`).
+///
+/// Options: `--no-cgroup`, `--prewarm` (`SandboxConfig::prewarm`), `--no-seccomp` and
+/// `--no-landlock` (to measure what those layers cost on the launch path).
+fn serve(opts: &[String]) -> Result<(), BoxError> {
+    use std::io::{BufRead, Write};
+    let mut config = SandboxConfig::default();
+    for opt in opts {
+        match opt.as_str() {
+            "--no-cgroup" => config.cgroups = kakoi::sandbox::CgroupMode::Off,
+            "--prewarm" => config.prewarm = true,
+            "--no-seccomp" => config.seccomp = kakoi::sandbox::SeccompSetting::Disabled,
+            "--no-landlock" => config.landlock = None,
+            other => return Err(format!("--serve: unknown option {other:?}").into()),
+        }
+    }
+    let sandbox = Sandbox::new(config)?;
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        // Either an argv array, or {"argv": [...], "limits": {...}}.
+        let request: serde_json::Value = serde_json::from_str(&line?)?;
+        let (argv, limits) = match request {
+            serde_json::Value::Array(_) => (request, serde_json::Value::Null),
+            mut object => (object["argv"].take(), object["limits"].take()),
+        };
+        let argv: Vec<String> = serde_json::from_value(argv)?;
+        let mut spec = RunSpec::command(argv);
+        if !limits.is_null() {
+            spec.limits = serde_json::from_value(limits)?;
+        }
+        let result = sandbox.run(&spec)?;
+        let reply = serde_json::json!({
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "timings": result.timings,
+            "cgroup": result.isolation.cgroup,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "oom_killed": result.oom_killed,
+        });
+        writeln!(stdout, "{reply}")?;
+        stdout.flush()?;
+    }
     Ok(())
 }
 

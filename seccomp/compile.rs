@@ -3,35 +3,32 @@
 //!
 //! A policy file is seccompiler JSON with up to three named filters (see `seccomp/README.md`):
 //! `allow` (required), `enosys` and `report`. This module checks the kakoi rules on top of the
-//! seccompiler format, routes the `enosys`/`report` syscalls through the allowlist, and returns
-//! the compiled BPF programs.
+//! seccompiler format and returns what the loader (`SeccompPolicy` in `src/sandbox/seccomp.rs`)
+//! assembles into the one filter a run installs: the syscall lists, and the allowlist's
+//! argument rules compiled by seccompiler.
 
 use std::collections::BTreeSet;
 
 use seccompiler::{BpfProgram, TargetArch};
 use serde_json::{Map, Value};
 
-/// `SECCOMP_RET_TRAP`: the marker the `report` filter is compiled with. No other filter may use
-/// it; the loader rewrites it to `SECCOMP_RET_USER_NOTIF` or `SECCOMP_RET_KILL_PROCESS`.
-pub const REPORT_MARKER: u32 = 0x0003_0000;
-
-/// The compiled programs of one policy, for one architecture.
+/// One policy, checked and compiled for one architecture.
 pub struct CompiledPolicy {
     /// The allowlist's *conditional* rules (those with `args`): ALLOW, default ERRNO. The
-    /// loader puts a binary search over [`CompiledPolicy::plain`] in front of it, so the kernel
-    /// walks O(log n) instructions per syscall (and per syscall number when it prepares its
-    /// action cache at install time) instead of a linear chain of every rule.
+    /// loader jumps here from its binary search for these syscalls only, so the kernel walks
+    /// O(log n) instructions per syscall (and per syscall number when it prepares its action
+    /// cache at install time) instead of a linear chain of every rule.
     pub allow: BpfProgram,
     /// Syscalls the allowlist allows whatever their arguments (routed ones included), sorted.
     pub plain: Vec<String>,
-    /// ERRNO(ENOSYS) for the listed syscalls, default ALLOW. Empty when the policy has none.
-    pub enosys: BpfProgram,
-    /// [`REPORT_MARKER`] for the listed syscalls, default ALLOW. Empty when the policy has none.
-    pub report: BpfProgram,
     /// Syscalls the `allow` filter allows (some only with restricted arguments), sorted.
     pub allowed: Vec<String>,
     /// Syscalls that are reported as violations, sorted.
     pub reported: Vec<String>,
+    /// Syscalls answered `ENOSYS` (the `enosys` filter), sorted.
+    pub enosys_names: Vec<String>,
+    /// The errno of the allowlist's `mismatch_action` (what unknown syscalls get).
+    pub deny_errno: u32,
 }
 
 const FILTERS: [&str; 3] = ["allow", "enosys", "report"];
@@ -54,16 +51,25 @@ pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, St
         return Err("missing the `allow` filter".into());
     };
     expect_action(allow, "allow", "match_action", |a| a == "allow")?;
+    expect_action(allow, "allow", "mismatch_action", |a| {
+        a.get("errno")
+            .and_then(Value::as_u64)
+            .is_some_and(|e| e < 4096)
+    })?;
+    let deny_errno = allow["mismatch_action"]["errno"].as_u64().unwrap_or(1) as u32;
     let allowed = syscall_names(allow, "allow", true)?;
 
     let mut routed = Vec::new();
     let mut reported = BTreeSet::new();
+    let mut enosys_names = BTreeSet::new();
     if let Some(enosys) = filters.get("enosys") {
         expect_action(enosys, "enosys", "match_action", |a| {
-            a.get("errno").is_some()
+            a.get("errno") == Some(&Value::from(libc_enosys()))
         })?;
         expect_action(enosys, "enosys", "mismatch_action", |a| a == "allow")?;
-        routed.extend(syscall_names(enosys, "enosys", false)?);
+        let names = syscall_names(enosys, "enosys", false)?;
+        enosys_names.extend(names.iter().cloned());
+        routed.extend(names);
     }
     if let Some(report) = filters.get("report") {
         expect_action(report, "report", "match_action", |a| a == "kill_process")?;
@@ -88,9 +94,6 @@ pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, St
         .ok_or("filter `allow`: `filter` must be an array")?;
     for name in &routed {
         rules.push(serde_json::json!({ "syscall": name, "comment": "routed to enosys/report" }));
-    }
-    if let Some(report) = filters.get_mut("report") {
-        report["match_action"] = Value::from("trap");
     }
     // Split the allowlist: syscalls with at least one argument-free rule are allowed outright
     // (the loader dispatches them by binary search); only the rest stay in the compiled filter.
@@ -137,26 +140,24 @@ pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, St
             .ok_or_else(|| format!("filter `{name}`: compiler returned no program"))
     };
     let allow_program = compile("allow", &filters)?;
-    let enosys = compile("enosys", &filters)?;
-    let report = compile("report", &filters)?;
-    for (name, program) in [("allow", &allow_program), ("enosys", &enosys)] {
-        if program
-            .iter()
-            .any(|i| i.code == 0x06 && i.k == REPORT_MARKER)
-        {
-            return Err(format!(
-                "filter `{name}`: the `trap` action is reserved for the report filter"
-            ));
-        }
-    }
+    // The other two only go through seccompiler as a check of their format: the loader uses
+    // their syscall lists.
+    compile("enosys", &filters)?;
+    compile("report", &filters)?;
     Ok(CompiledPolicy {
         allow: allow_program,
         plain: plain.into_iter().collect(),
-        enosys,
-        report,
         allowed: allowed.into_iter().collect(),
         reported: reported.into_iter().collect(),
+        enosys_names: enosys_names.into_iter().collect(),
+        deny_errno,
     })
+}
+
+/// `ENOSYS` (38 on every Linux architecture kakoi supports); the `enosys` filter must answer
+/// exactly this, because the single filter the loader builds answers its syscalls with it.
+fn libc_enosys() -> u64 {
+    38
 }
 
 fn expect_action(

@@ -456,12 +456,51 @@ pub struct HostReport {
     pub layers: Vec<Layer>,
     /// Whether a run can start at all (user namespaces usable).
     pub run_can_start: bool,
+    /// The pool of pre-made network namespaces (root launchers only; see
+    /// `crate::sandbox::netns`), `None` when runs create a fresh one each.
+    pub netns_pool: Option<NetnsPoolInfo>,
+}
+
+/// State of the pre-made network namespaces under `/run/kakoi/netns-v1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetnsPoolInfo {
+    /// The pool directory.
+    pub dir: PathBuf,
+    /// Slots a launcher uses with the default configuration.
+    pub size: usize,
+    /// Slots whose namespace exists now.
+    pub made: usize,
+    /// Slots held by a run right now.
+    pub busy: usize,
 }
 
 impl HostReport {
     /// Detect the real host: default roots, live probes.
     pub fn detect_host() -> Self {
-        Self::detect(&HostRoots::default(), &LiveFacts::probe())
+        let mut report = Self::detect(&HostRoots::default(), &LiveFacts::probe());
+        if report.root {
+            let size = crate::sandbox::SandboxConfig::default_netns_pool();
+            if let Ok(Some(pool)) =
+                crate::sandbox::netns::NetnsPool::open(Path::new("/run/kakoi"), size)
+            {
+                let (made, busy) = pool.census();
+                report.checks.push(Check::new(
+                    "network namespaces",
+                    Status::Info,
+                    format!(
+                        "runs join one of up to {size} pre-made namespaces with only lo (under {}: {made} made, {busy} in use), or get a fresh one when all are busy",
+                        pool.dir().display()
+                    ),
+                ));
+                report.netns_pool = Some(NetnsPoolInfo {
+                    dir: pool.dir().to_owned(),
+                    size,
+                    made,
+                    busy,
+                });
+            }
+        }
+        report
     }
 
     /// Detect from the given roots and live facts; reads files only.
@@ -488,6 +527,7 @@ impl HostReport {
             checks: Vec::new(),
             layers: Vec::new(),
             run_can_start: false,
+            netns_pool: None,
         };
         report.run_can_start = report.userns.usable;
         report.checks = build_checks(&report, live);
@@ -1122,8 +1162,8 @@ fn cgroup_checks(report: &HostReport, checks: &mut Vec<Check>) {
                 "no cgroup mount has favordynmods: attaching each run to a v1 cgroup waits for an RCU grace period (measured 5.3 ms median, 20.8 ms p95)",
             )
             .with_remedy(format!(
-                "as root, mount any cgroup hierarchy with favordynmods (cuts the attach to 0.36 ms median, at the cost of slightly slower fork/exit host-wide; on 6.18 it cannot be undone without a reboot):\n\
-                 mkdir -p /run/kakoi/favordynmods && mount -t cgroup -o none,name=kakoi,favordynmods kakoi /run/kakoi/favordynmods{v2_remount}"
+                "as root, opt in with `kakoi doctor --enable-favordynmods` (cuts the attach to 0.36 ms median, at the cost of slightly slower fork/exit host-wide; on 6.18 it cannot be undone without a reboot); it runs:\n\
+                 mkdir -p /run/kakoi/kakoi-favordynmods && mount -t cgroup -o none,name=kakoi-favordynmods,favordynmods kakoi-favordynmods /run/kakoi/kakoi-favordynmods{v2_remount}"
             ))
         };
         checks.push(check);
@@ -1514,6 +1554,8 @@ fn build_layers(report: &HostReport, roots: &HostRoots) -> Vec<Layer> {
             "needs a usable user namespace".to_string()
         } else if name == "user" {
             "own uid/gid maps; no capabilities on the host".to_string()
+        } else if name == "net" && report.root {
+            "a pre-made namespace with only lo, held by one run at a time (a fresh one when all are busy), unless networking is allowed".to_string()
         } else if name == "net" {
             "fresh network namespace: loopback only unless networking is allowed".to_string()
         } else {
@@ -1956,7 +1998,8 @@ mod tests {
         assert_eq!(c.status, Status::Warn);
         assert!(c.detail.contains("5.3 ms median, 20.8 ms p95"));
         let remedy = c.remedy.as_deref().unwrap();
-        assert!(remedy.contains("-o none,name=kakoi,favordynmods"));
+        assert!(remedy.contains("kakoi doctor --enable-favordynmods"));
+        assert!(remedy.contains("-o none,name=kakoi-favordynmods,favordynmods"));
         assert!(remedy.contains("mount -o remount,favordynmods /sys/fs/cgroup/unified"));
         assert!(remedy.contains("reboot"));
     }

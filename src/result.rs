@@ -89,9 +89,10 @@ pub struct Timings {
     pub env_ms: f64,
     /// From the start of `run` to the payload's exec (prepare, clone, child setup).
     pub setup_ms: f64,
-    /// From exec to the payload's exit.
+    /// From exec to the payload's exit (as the sandbox's init reports it).
     pub run_ms: f64,
-    /// Collecting accounting and removing the cgroup.
+    /// From the payload's exit to the end of the run: tearing down the namespaces (the
+    /// sandbox's mounts), collecting returned files, reading accounting, removing the cgroup.
     pub cleanup_ms: f64,
 }
 
@@ -124,6 +125,10 @@ pub struct CgroupIsolation {
     pub controllers: Vec<String>,
     /// Why there is no cgroup, when there is none.
     pub reason: Option<String>,
+    /// How the sandbox entered its cgroup: `clone_into` (born in it, cgroup v2
+    /// `CLONE_INTO_CGROUP`) or `migrate` (moved in before it was released to exec, v1).
+    #[serde(default)]
+    pub attach: Option<String>,
 }
 
 /// Which layers the run actually got.
@@ -143,6 +148,11 @@ pub struct Isolation {
     pub no_new_privs: bool,
     /// `none` (namespace with lo only) or `host`.
     pub network: String,
+    /// With `network: none`, which network namespace the run got: `pooled` (a pre-made one
+    /// with only `lo`, held by this run alone; see `src/sandbox/netns.rs`) or `fresh` (created
+    /// for this run). Absent with the host's network.
+    #[serde(default)]
+    pub net_namespace: Option<String>,
     /// cgroup limits.
     pub cgroup: CgroupIsolation,
     /// rlimits set, name → value.

@@ -18,10 +18,18 @@ pub const DEFAULT_PIDS: u64 = 64;
 pub const DEFAULT_CPUS: f64 = 1.0;
 /// Default cap per output stream.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
-/// Default size of the /tmp tmpfs (also used for the workdir and /dev/shm).
+/// Default size of the sandbox's tmpfs (/tmp, the workdir and /dev/shm together).
 pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
 /// Default RLIMIT_NOFILE.
 pub const DEFAULT_NOFILE: u64 = 256;
+/// Default output directory collected after a run, relative to the workdir.
+pub const DEFAULT_COLLECT_DIR: &str = "out";
+/// Default cap on the number of entries [`Collect`] returns.
+pub const DEFAULT_COLLECT_FILES: usize = 64;
+/// Default cap on the bytes [`Collect`] returns, all files together (10 MiB).
+pub const DEFAULT_COLLECT_BYTES: u64 = 10 << 20;
+/// Deepest directory level [`Collect`] descends into (`out/a/b/...`, `out` itself is 0).
+pub const COLLECT_MAX_DEPTH: usize = 16;
 
 /// Where the workdir is mounted inside the sandbox.
 pub const WORKDIR: &str = "/work";
@@ -55,7 +63,8 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Cap per output stream in bytes.
     pub output_limit: Option<u64>,
-    /// Size of /tmp, the workdir and /dev/shm (each) in bytes.
+    /// Size of the sandbox's writable space in bytes: /tmp, the workdir and /dev/shm
+    /// together (one tmpfs), and the largest file (RLIMIT_FSIZE).
     pub tmp_size: Option<u64>,
     /// Maximum number of open files per process.
     pub nofile: Option<u64>,
@@ -95,6 +104,35 @@ pub struct Bind {
 /// The historical name of [`Bind`].
 pub type BindRo = Bind;
 
+/// Files to return after the run: what the payload left under `dir` in its workdir.
+///
+/// The launcher walks the directory after every process of the run is gone (nothing can race
+/// it), never follows a symlink, never leaves the workdir's filesystem, reads regular files
+/// only and stops at the caps; see [`crate::result::OutputFile`] for what each entry says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collect {
+    /// Directory relative to the workdir (default `out`).
+    pub dir: PathBuf,
+    /// Most entries returned (default 64); more are cut off with one `limit` entry.
+    pub max_files: usize,
+    /// Most content bytes returned, all files together (default 10 MiB).
+    pub max_total_bytes: u64,
+    /// Largest single file returned (default 10 MiB; never more than `max_total_bytes`).
+    pub max_file_bytes: u64,
+}
+
+impl Default for Collect {
+    fn default() -> Self {
+        Collect {
+            dir: PathBuf::from(DEFAULT_COLLECT_DIR),
+            max_files: DEFAULT_COLLECT_FILES,
+            max_total_bytes: DEFAULT_COLLECT_BYTES,
+            max_file_bytes: DEFAULT_COLLECT_BYTES,
+        }
+    }
+}
+
 /// A request to run one command. Build it directly or with [`RunSpec::command`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +154,8 @@ pub struct RunSpec {
     pub binds_rw: Vec<Bind>,
     /// Network policy.
     pub network: Network,
+    /// Files to return after the run (`None`: none).
+    pub collect: Option<Collect>,
 }
 
 impl RunSpec {
@@ -228,6 +268,10 @@ impl RunSpec {
                 });
             }
         }
+        let collect = match &self.collect {
+            None => None,
+            Some(c) => Some(validate_collect(c)?),
+        };
         Ok(ValidSpec {
             argv: self.argv.clone(),
             env: self.env.clone(),
@@ -244,6 +288,7 @@ impl RunSpec {
             binds_ro,
             binds_rw,
             network: self.network,
+            collect,
         })
     }
 }
@@ -267,7 +312,7 @@ pub struct ValidSpec {
     pub cpu_millicores: u64,
     /// Cap per output stream.
     pub output_limit: u64,
-    /// Size of each tmpfs.
+    /// Size of the sandbox's tmpfs (/tmp, the workdir and /dev/shm together).
     pub tmp_size: u64,
     /// RLIMIT_NOFILE.
     pub nofile: u64,
@@ -281,6 +326,8 @@ pub struct ValidSpec {
     pub binds_rw: Vec<Bind>,
     /// Network policy.
     pub network: Network,
+    /// Files to return, with a normalized relative directory and consistent caps.
+    pub collect: Option<Collect>,
 }
 
 /// Why a [`RunSpec`] was refused.
@@ -331,6 +378,12 @@ pub enum SpecError {
         /// The host path.
         path: PathBuf,
     },
+    /// The collect directory escapes the workdir or is empty.
+    #[error("collect directory {dir:?} must be a relative path inside the workdir without '..'")]
+    BadCollectDir {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A bind's sandbox path is not acceptable.
     #[error("bind target {path:?} {reason}")]
     BindTarget {
@@ -360,6 +413,39 @@ fn seconds(
         });
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// Largest `collect.max_files`.
+const COLLECT_FILES_MAX: u64 = 100_000;
+/// Largest `collect.max_total_bytes` (results carry the bytes in memory, base64).
+const COLLECT_BYTES_MAX: u64 = 1 << 30;
+
+fn validate_collect(c: &Collect) -> Result<Collect, SpecError> {
+    let dir = relative_dest(&c.dir).map_err(|_| SpecError::BadCollectDir { dir: c.dir.clone() })?;
+    let max_files = range(
+        "collect.max-files",
+        c.max_files as u64,
+        1,
+        COLLECT_FILES_MAX,
+    )?;
+    let max_total_bytes = range(
+        "collect.max-total-bytes",
+        c.max_total_bytes,
+        0,
+        COLLECT_BYTES_MAX,
+    )?;
+    let max_file_bytes = range(
+        "collect.max-file-bytes",
+        c.max_file_bytes,
+        0,
+        COLLECT_BYTES_MAX,
+    )?;
+    Ok(Collect {
+        dir,
+        max_files: max_files as usize,
+        max_total_bytes,
+        max_file_bytes: max_file_bytes.min(max_total_bytes),
+    })
 }
 
 fn range(what: &'static str, value: u64, min: u64, max: u64) -> Result<u64, SpecError> {
@@ -393,8 +479,20 @@ fn relative_dest(dest: &Path) -> Result<PathBuf, SpecError> {
 
 /// Sandbox paths a bind may not cover: the skeleton kakoi builds itself.
 const RESERVED_TARGETS: &[&str] = &[
-    "/", "/proc", "/dev", "/tmp", "/etc", WORKDIR, "/usr", "/bin", "/sbin", "/lib", "/lib64",
-    "/lib32", "/libx32",
+    "/",
+    "/proc",
+    "/dev",
+    "/tmp",
+    "/etc",
+    WORKDIR,
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/libx32",
+    "/.kakoi-scratch",
 ];
 
 fn validate_bind(bind: &Bind) -> Result<Bind, SpecError> {
@@ -546,6 +644,53 @@ mod tests {
             dest: "data/x.csv".into(),
         });
         assert!(matches!(s.validate(), Err(SpecError::DuplicateDest { .. })));
+    }
+
+    #[test]
+    fn collect_is_validated_and_normalized() {
+        let mut s = spec();
+        s.collect = Some(Collect::default());
+        let c = s.validate().unwrap().collect.unwrap();
+        assert_eq!(c.dir, PathBuf::from("out"));
+        assert_eq!(
+            (c.max_files, c.max_total_bytes, c.max_file_bytes),
+            (64, 10 << 20, 10 << 20)
+        );
+        for bad in ["../out", "/work/out", "", ".", "out/../../x"] {
+            s.collect = Some(Collect {
+                dir: bad.into(),
+                ..Collect::default()
+            });
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadCollectDir { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        s.collect = Some(Collect {
+            dir: "./results//png".into(),
+            max_total_bytes: 1000,
+            ..Collect::default()
+        });
+        let c = s.validate().unwrap().collect.unwrap();
+        assert_eq!(c.dir, PathBuf::from("results/png"));
+        // The per-file cap never exceeds the total.
+        assert_eq!(c.max_file_bytes, 1000);
+        s.collect = Some(Collect {
+            max_files: 0,
+            ..Collect::default()
+        });
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::Range {
+                what: "collect.max-files",
+                ..
+            })
+        ));
+        assert!(serde_json::from_str::<Collect>(r#"{"dir": "plots", "bogus": 1}"#).is_err());
+        let parsed: Collect = serde_json::from_str(r#"{"max_files": 3}"#).unwrap();
+        assert_eq!(parsed.dir, PathBuf::from("out"));
+        assert_eq!(parsed.max_files, 3);
+        assert_eq!(parsed.max_file_bytes, DEFAULT_COLLECT_BYTES);
     }
 
     #[test]

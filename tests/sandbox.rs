@@ -146,8 +146,21 @@ fn probe_sees_an_isolated_unprivileged_world() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
+    // `.kakoi-scratch` holds what /tmp, /work and /dev/shm show; it is mode 0 (checked in
+    // tests/core_api.rs).
     let allowed: BTreeSet<&str> = [
-        "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
+        ".kakoi-scratch",
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "proc",
+        "sbin",
+        "tmp",
+        "usr",
         "work",
     ]
     .into();
@@ -225,10 +238,11 @@ fn probe_mounts_are_the_documented_layout() {
             .map(str::to_owned)
             .collect()
     };
-    // Root and toolchain: read-only.
-    for mp in ["/", "/usr", "/dev"] {
+    // Root (with /dev on it) and toolchain: read-only.
+    for mp in ["/", "/usr"] {
         assert!(opts(find(mp)).contains("ro"), "{mp} is not read-only");
     }
+    assert_eq!(p["writes"]["/dev"], "EROFS");
     for m in mounts {
         let mp = m["mount_point"].as_str().unwrap();
         if mp.starts_with("/etc/") || mp == "/usr" || mp.starts_with("/lib") || mp == "/bin" {
@@ -236,16 +250,18 @@ fn probe_mounts_are_the_documented_layout() {
             assert!(opts(m).contains("nosuid"), "{mp} allows suid: {m}");
         }
     }
-    // Writable scratch space with the size cap.
+    // Writable scratch space: writable views of the one root tmpfs, with its size cap.
     for mp in ["/tmp", "/work", "/dev/shm"] {
         let m = find(mp);
         assert_eq!(m["fstype"], "tmpfs");
         assert!(opts(m).contains("rw"), "{mp} is not writable");
         assert!(opts(m).contains("nosuid"));
+        assert!(opts(m).contains("nodev"));
         assert!(
             m["super_options"].as_str().unwrap().contains("size=8192k"),
             "{mp} ignores --tmp-size 8M: {m}"
         );
+        assert_eq!(m["super_options"], find("/")["super_options"]);
     }
     assert!(opts(find("/dev/shm")).contains("noexec"));
     let proc = find("/proc");
@@ -536,8 +552,11 @@ fn cpu_time_limit_reports_cpu_timeout() {
     );
     assert_eq!(r.status, Status::CpuTimeout, "{r:#?}");
     assert_eq!(r.signal, Some(libc::SIGXCPU));
+    // RLIMIT_CPU fires at 1 s of scheduled CPU time; the rusage the init reports comes out
+    // lower on a loaded VM (0.77-0.92 s seen with other builds running), so only a clear
+    // majority of the second is required here.
     assert!(
-        r.cpu_user_ms + r.cpu_sys_ms >= 900.0,
+        r.cpu_user_ms + r.cpu_sys_ms >= 600.0,
         "cpu {} + {}",
         r.cpu_user_ms,
         r.cpu_sys_ms
@@ -1010,10 +1029,13 @@ fn nothing_is_left_behind_after_many_runs() {
     let added = |a: &BTreeSet<PathBuf>, b: &BTreeSet<PathBuf>| -> Vec<PathBuf> {
         a.difference(b).cloned().collect()
     };
+    // Docker (another engineer's tests on this host) mounts container filesystems and
+    // network namespaces meanwhile; those are not kakoi's.
+    let docker = |m: &String| m.contains(" /var/lib/docker/") || m.contains(" /run/docker/");
     let new_mounts: Vec<&String> = after
         .mounts
         .iter()
-        .filter(|m| !before.mounts.contains(m))
+        .filter(|m| !before.mounts.contains(m) && !docker(m))
         .collect();
     assert!(
         new_mounts.is_empty(),

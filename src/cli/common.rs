@@ -9,7 +9,7 @@ use clap::Args;
 use crate::result::{RunResult, Status};
 use crate::sandbox::landlock::LandlockMode;
 use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig, SeccompSetting};
-use crate::spec::{Bind, InputFile, Limits, Network, RunSpec, Source};
+use crate::spec::{Bind, Collect, InputFile, Limits, Network, RunSpec, Source};
 
 /// Limits, inputs and output options of a run.
 #[derive(Debug, Args)]
@@ -32,7 +32,7 @@ pub struct RunFlags {
     /// Cap per output stream, e.g. 1M; the rest is dropped and flagged.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub output_limit: Option<u64>,
-    /// Size of /tmp, the workdir and /dev/shm, e.g. 64M.
+    /// Size of the writable space (/tmp, the workdir and /dev/shm together, one tmpfs), e.g. 64M.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub tmp_size: Option<u64>,
     /// Set an environment variable inside the sandbox.
@@ -60,6 +60,10 @@ pub struct RunFlags {
     /// Do not use cgroups (limits fall back to rlimits).
     #[arg(long)]
     pub no_cgroup: bool,
+    /// Slots of pre-made network namespaces a root launcher may use (0: create a fresh one
+    /// per run; default: twice the CPUs, at least 4).
+    #[arg(long, value_name = "N")]
+    pub netns_pool: Option<usize>,
     /// Use this seccomp policy (seccompiler JSON) instead of the built-in allowlist.
     #[arg(long, value_name = "PATH", conflicts_with = "no_seccomp")]
     pub seccomp: Option<PathBuf>,
@@ -69,6 +73,11 @@ pub struct RunFlags {
     /// Landlock enforcement: `strict` fails the run if a supported layer cannot be enforced.
     #[arg(long, value_enum, default_value = "strict")]
     pub landlock: LandlockArg,
+    /// Return the files the payload leaves under DIR (relative to the workdir, e.g. `out`)
+    /// in the result's `files` (base64; 64 entries and 10 MiB at most; symlinks and special
+    /// files are listed as skipped, never followed).
+    #[arg(long, value_name = "DIR")]
+    pub collect: Option<PathBuf>,
     /// Print exactly one JSON result object instead of passing output through.
     #[arg(long)]
     pub json: bool,
@@ -187,6 +196,10 @@ impl RunFlags {
             binds_ro,
             binds_rw,
             network,
+            collect: self.collect.as_ref().map(|dir| Collect {
+                dir: dir.clone(),
+                ..Collect::default()
+            }),
         })
     }
 
@@ -208,16 +221,63 @@ impl RunFlags {
                 LandlockArg::BestEffort => Some(LandlockMode::BestEffort),
                 LandlockArg::Off => None,
             },
+            netns_pool: self.netns_pool,
             ..SandboxConfig::default()
         };
+        // SIGINT/SIGTERM/SIGHUP cancel the run (the sandbox is killed and cleaned up like any
+        // other run) instead of killing kakoi with the sandbox still being torn down.
+        let signals = TerminationSignals::block()?;
         let sandbox = Sandbox::new(config)?;
         let result = sandbox.run_with(
             &spec,
             RunOptions {
                 passthrough: !self.json,
+                cancel: Some(signals.as_raw_fd()),
             },
         )?;
-        report(&result, self.json)
+        let code = report(&result, self.json)?;
+        Ok(signals.received().map_or(code, |signal| 128 + signal))
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, blocked and read from a signalfd, so a run in progress is
+/// cancelled cleanly; the CLI then exits with 128 + the signal (130, 143, 129).
+pub struct TerminationSignals {
+    fd: nix::sys::signalfd::SignalFd,
+}
+
+impl TerminationSignals {
+    const SIGNALS: [nix::sys::signal::Signal; 3] = [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ];
+
+    /// Block the signals in this (single-threaded) process and open a signalfd for them.
+    pub fn block() -> anyhow::Result<Self> {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = nix::sys::signal::SigSet::empty();
+        for signal in Self::SIGNALS {
+            mask.add(signal);
+        }
+        mask.thread_block()
+            .context("cannot block termination signals")?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .context("cannot create a signalfd")?;
+        Ok(TerminationSignals { fd })
+    }
+
+    /// The fd to pass as [`RunOptions::cancel`].
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// The first signal received so far, if any.
+    pub fn received(&self) -> Option<i32> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Some(info.ssi_signo as i32),
+            _ => None,
+        }
     }
 }
 
@@ -271,6 +331,13 @@ pub fn report(result: &RunResult, json: bool) -> anyhow::Result<i32> {
     }
     if result.stdout_truncated || result.stderr_truncated {
         eprintln!("kakoi: output over the limit was dropped");
+    }
+    if !result.files.is_empty() {
+        let returned = result.files.iter().filter(|f| f.skipped.is_none()).count();
+        eprintln!(
+            "kakoi: {returned} of {} collected files returned (their content is in --json output)",
+            result.files.len()
+        );
     }
     Ok(result.cli_exit_code())
 }

@@ -15,11 +15,30 @@ pub struct DoctorArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Opt in to `favordynmods` (as root): mount kakoi's own named cgroup v1 hierarchy with
+    /// it, so attaching runs to v1 cgroups stops waiting for an RCU grace period. Host-wide,
+    /// and on 6.18 permanent until reboot; see the `cgroup v1 attach latency` check.
+    #[arg(long)]
+    pub enable_favordynmods: bool,
 }
 
 impl DoctorArgs {
     /// Run the checks and print them; exit code 0 if a run can start here, 1 otherwise.
     pub fn execute(self) -> anyhow::Result<i32> {
+        if self.enable_favordynmods {
+            use crate::sandbox::cgroup::{FavorDynmods, enable_favordynmods};
+            let runtime = std::path::Path::new("/run/kakoi");
+            match enable_favordynmods(runtime).context("cannot enable favordynmods")? {
+                FavorDynmods::AlreadyOn(at) => eprintln!(
+                    "kakoi: favordynmods is already on ({} has it); nothing done",
+                    at.display()
+                ),
+                FavorDynmods::Enabled(at) => eprintln!(
+                    "kakoi: mounted {} with favordynmods: cgroup migrations no longer wait for an RCU grace period, host-wide, until reboot",
+                    at.display()
+                ),
+            }
+        }
         let report = HostReport::detect_host();
         let mut out = std::io::stdout().lock();
         if self.json {

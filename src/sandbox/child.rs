@@ -81,6 +81,14 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     step(Stage::Stdio, sys::dup2(p.stdin_raw(), 0));
     step(Stage::Stdio, sys::dup2(fds.stdout, 1));
     step(Stage::Stdio, sys::dup2(fds.stderr, 2));
+    // The sandbox's processes are the first the OOM killer takes, in its cgroup (never a
+    // pre-warmed stub supervising it, whose memory may be the larger when the payload's is in
+    // tmpfs files) and on the host. Raising one's own score needs no privilege, but must come
+    // before the id change below, which makes our /proc files root's (not dumpable).
+    step(
+        Stage::OomScore,
+        sys::write_file(c"/proc/self/oom_score_adj", b"1000"),
+    );
 
     // 3. Become the sandbox user now: the kernel refuses to create inodes (EOVERFLOW) for
     //    an owner that is not mapped in the namespace, and only uid/gid 1000 are mapped.
@@ -112,6 +120,21 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     if p.network_namespace {
         // Needs CAP_NET_ADMIN in our user namespace, so before the capabilities go.
         step(Stage::Loopback, sys::loopback_up());
+    }
+    if let Some(workdir) = &p.collect_workdir {
+        // Hand the launcher the workdir tmpfs before anything untrusted runs: after the run it
+        // reads the returned files through this fd (which also keeps the tmpfs alive).
+        let fd = match sys::open(
+            workdir,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => fail(r, Stage::Workdir, 0, e),
+        };
+        let msg = Message::simple(Kind::Workdir, 0).encode();
+        step(Stage::Workdir, sys::send_packet(r, &msg, Some(fd)));
+        sys::close(fd);
     }
     step(Stage::Hostname, sys::sethostname(b"sandbox"));
 
@@ -232,6 +255,10 @@ fn run_op(op: &Op) -> sys::SysResult<()> {
         Op::BindDevice { source, target } => {
             sys::mount(Some(source), target, None, libc::MS_BIND, None)
         }
+        Op::BindScratch { source, target } => {
+            sys::mount(Some(source), target, None, libc::MS_BIND, None)
+        }
+        Op::Chmod { path, mode } => sys::chmod(path, *mode),
         Op::SetAttr { target, set } => sys::mount_setattr(target, false, *set),
         Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
         Op::MkdirOwned { path } => {
@@ -302,39 +329,21 @@ fn init(p: &Prepared, r: RawFd) -> ! {
     if let Err(e) = waited.apply(libc::SIG_BLOCK) {
         fail(r, Stage::InitSignals, 0, e);
     }
-    let (exec_r, exec_w) = match sys::pipe_raw() {
-        Ok(pair) => pair,
-        Err(e) => fail(r, Stage::Fork, 0, e),
-    };
-    let payload = match sys::fork() {
+    // The payload: posix_spawn (vfork-style, so nothing of this process is copied) with an
+    // empty signal mask and default dispositions. Our report socket is CLOEXEC. It returns
+    // once the program was exec'd, or with the exec's errno.
+    let payload = match sys::spawn(&p.program, &p.argv_ptrs, &p.envp_ptrs, &p.reset_signals) {
         Ok(pid) => pid,
-        Err(e) => fail(r, Stage::Fork, 0, e),
-    };
-    if payload == 0 {
-        // The payload: unblock signals, then exec. Our copy of the report socket and of the
-        // exec pipe are CLOEXEC, so a successful exec closes them.
-        let _ = sys::SigSet::of(&[]).apply(libc::SIG_SETMASK);
-        let _ = sys::set_parent_death_signal(libc::SIGKILL);
-        sys::close(exec_r);
-        let errno = sys::execve(&p.program, &p.argv_ptrs, &p.envp_ptrs);
-        let _ = sys::write_all(exec_w, &(errno as i32).to_ne_bytes());
-        sys::exit(127);
-    }
-    sys::close(exec_w);
-    let mut buf = [0u8; 4];
-    match sys::read(exec_r, &mut buf) {
-        Ok(0) => {
-            let _ = sys::send_packet(r, &Message::simple(Kind::ExecOk, 0).encode(), None);
-        }
-        Ok(_) => {
-            let errno = i32::from_ne_bytes(buf);
-            let _ = sys::send_packet(r, &Message::error(Stage::Exec, 0, errno).encode(), None);
-            let _ = sys::wait4(payload);
+        Err(errno) => {
+            let _ = sys::send_packet(
+                r,
+                &Message::error(Stage::Exec, 0, errno as i32).encode(),
+                None,
+            );
             sys::exit(SETUP_FAILED);
         }
-        Err(e) => fail(r, Stage::Exec, 1, e),
-    }
-    sys::close(exec_r);
+    };
+    let _ = sys::send_packet(r, &Message::simple(Kind::ExecOk, 0).encode(), None);
     loop {
         let sig = match waited.wait() {
             Ok(sig) => sig,

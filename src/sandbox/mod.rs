@@ -18,12 +18,15 @@
 
 pub mod cgroup;
 mod child;
+pub mod collect;
 pub mod landlock;
+pub mod netns;
 mod parent;
 mod prepare;
 pub mod protocol;
 pub mod seccomp;
 mod sys;
+mod warm;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -65,6 +68,15 @@ pub enum Error {
     /// The Landlock ruleset could not be prepared.
     #[error("cannot prepare the Landlock ruleset")]
     Landlock(#[from] landlock::LandlockError),
+    /// The pre-warmed stub that ran the request failed (the message carries the chain).
+    #[error("pre-warmed run failed: {message}")]
+    Stub {
+        /// The stub's error and causes.
+        message: String,
+    },
+    /// The pool of network namespaces failed in a way that is not a fallback.
+    #[error("network namespace pool")]
+    Netns(#[from] netns::NetnsError),
     /// The runtime directory could not be created.
     #[error("cannot create the runtime directory {path}")]
     RuntimeDir {
@@ -105,6 +117,14 @@ pub struct SandboxConfig {
     pub seccomp: SeccompSetting,
     /// Landlock enforcement; `None` turns Landlock off.
     pub landlock: Option<LandlockMode>,
+    /// Slots of pre-made network namespaces a root launcher may use (`None`: twice the
+    /// CPUs, at least 4; `Some(0)`: a fresh namespace per run). See [`netns`].
+    pub netns_pool: Option<usize>,
+    /// Keep the next run's cgroup ready, with a stub process already moved into it, so a run
+    /// does not wait for the cgroup v1 migration (an RCU grace period). For long-lived
+    /// single-threaded launchers running many requests; no effect on cgroup v2 (which clones
+    /// straight into the cgroup) or without cgroups. See `src/sandbox/warm.rs`.
+    pub prewarm: bool,
 }
 
 /// Which seccomp policy runs get.
@@ -119,6 +139,23 @@ pub enum SeccompSetting {
     Disabled,
 }
 
+impl SandboxConfig {
+    /// The pool size used when [`SandboxConfig::netns_pool`] is `None`: twice the CPUs, at
+    /// least 4.
+    pub fn default_netns_pool() -> usize {
+        // The CPUs this process may run on (one syscall; std's available_parallelism also
+        // reads cgroup quota files).
+        let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .map(|set| {
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .count()
+            })
+            .unwrap_or(2);
+        (cpus * 2).max(4)
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
@@ -128,6 +165,8 @@ impl Default for SandboxConfig {
             host_id: None,
             seccomp: SeccompSetting::Default,
             landlock: Some(LandlockMode::Strict),
+            netns_pool: None,
+            prewarm: false,
         }
     }
 }
@@ -157,6 +196,19 @@ pub struct Sandbox {
     seccomp: Option<seccomp::SeccompPolicy>,
     landlock: Option<LandlockMode>,
     launcher_areas: [(usize, usize); 2],
+    ignored_signals: Vec<libc::c_int>,
+    netns: Option<netns::NetnsPool>,
+    prewarm: bool,
+    warm: std::sync::Mutex<Option<warm::Stub>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let stub = self.warm.get_mut().map(Option::take).unwrap_or(None);
+        if let Some(stub) = stub {
+            stub.discard();
+        }
+    }
 }
 
 /// Per-run options that are not part of the request.
@@ -164,6 +216,12 @@ pub struct Sandbox {
 pub struct RunOptions {
     /// Copy the payload's output to our stdout/stderr while it runs (CLI without `--json`).
     pub passthrough: bool,
+    /// Cancel the run from outside: when this fd becomes readable or hangs up (for example the
+    /// read end of a pipe whose writer writes a byte or closes, an eventfd, a timerfd, a
+    /// signalfd), the whole sandbox is killed, cleaned up as usual, and the result has the
+    /// status `cancelled`. The fd is only polled, never read or closed, and must stay open
+    /// for the duration of the call (the sandbox works on its own duplicate).
+    pub cancel: Option<std::os::fd::RawFd>,
 }
 
 const HOST_ID_BASE: u32 = 2_000_000_000;
@@ -174,11 +232,11 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
         let euid = nix::unistd::geteuid().as_raw();
         let egid = nix::unistd::getegid().as_raw();
-        let root = config
+        let runtime_dir = config
             .runtime_dir
             .clone()
-            .unwrap_or_else(|| default_runtime_dir(euid))
-            .join("root");
+            .unwrap_or_else(|| default_runtime_dir(euid));
+        let root = runtime_dir.join("root");
         std::fs::create_dir_all(&root).map_err(|source| Error::RuntimeDir {
             path: root.clone(),
             source,
@@ -209,7 +267,21 @@ impl Sandbox {
             SeccompSetting::File(path) => Some(seccomp::SeccompPolicy::from_file(path)?),
             SeccompSetting::Disabled => None,
         };
-        Ok(Sandbox {
+        let netns = if euid == 0 {
+            let size = config
+                .netns_pool
+                .unwrap_or_else(SandboxConfig::default_netns_pool);
+            netns::NetnsPool::open(&runtime_dir, size).unwrap_or_else(|e| {
+                tracing::warn!("no pre-made network namespaces: {e}");
+                None
+            })
+        } else {
+            None
+        };
+        let sandbox = Sandbox {
+            prewarm: config.prewarm,
+            warm: std::sync::Mutex::new(None),
+            netns,
             root,
             cgroup,
             cgroup_reason,
@@ -218,13 +290,21 @@ impl Sandbox {
             seccomp,
             landlock: config.landlock,
             launcher_areas: prepare::launcher_areas(),
-        })
+            ignored_signals: sys::ignored_signals(),
+        };
+        sandbox.prewarm();
+        Ok(sandbox)
     }
 
     /// The host uid and gid the sandbox user (uid/gid 1000 inside) maps to. Files a payload
     /// creates through a writable bind are owned by these ids on the host.
     pub fn host_ids(&self) -> (u32, u32) {
         self.host_id
+    }
+
+    /// The pool of pre-made network namespaces, when this launcher uses one (root only).
+    pub fn netns_pool(&self) -> Option<&netns::NetnsPool> {
+        self.netns.as_ref()
     }
 
     /// The cgroup driver in use, if any.
@@ -240,15 +320,29 @@ impl Sandbox {
     /// Run one request with per-run options.
     pub fn run_with(&self, spec: &RunSpec, options: RunOptions) -> Result<RunResult, Error> {
         let started = Instant::now();
-        let spec = spec.validate()?;
-        self.run_valid(&spec, options, started)
+        let valid = spec.validate()?;
+        if self.prewarm {
+            let outcome = self.run_in_stub(spec, options);
+            // The next run's stub starts moving into its cgroup now, off the next request's
+            // path.
+            if let warm::Outcome::Ran(result) = outcome {
+                self.prewarm();
+                return *result;
+            }
+        }
+        let result = self.run_valid(&valid, options, started, None);
+        self.prewarm();
+        result
     }
 
+    /// One run. `warm` is a cgroup this process (a pre-warmed stub) is already in: the
+    /// sandbox is born in it, nothing is attached, and it is not removed here.
     fn run_valid(
         &self,
         spec: &ValidSpec,
         options: RunOptions,
         started: Instant,
+        warm: Option<&dyn RunCgroup>,
     ) -> Result<RunResult, Error> {
         let ctx = prepare::PrepareContext {
             root: &self.root,
@@ -256,16 +350,43 @@ impl Sandbox {
             fallback_memory: self.cgroup.is_none(),
             fallback_pids: self.cgroup.is_none(),
             launcher_areas: self.launcher_areas,
+            ignored_signals: &self.ignored_signals,
         };
-        let prepared = prepare::prepare(spec, &ctx)?;
-        let run_cgroup: Option<Box<dyn RunCgroup>> = match &self.cgroup {
-            Some(driver) => Some(driver.create(&CgroupLimits {
-                memory_bytes: spec.memory,
-                pids: spec.pids,
-                cpu_millicores: spec.cpu_millicores,
-            })?),
-            None => None,
+        // Our own duplicate, so the poll loop holds an fd it owns (a bad fd fails here).
+        let cancel = options
+            .cancel
+            .map(sys::dup_cloexec)
+            .transpose()
+            .map_err(|source| LaunchError::Syscall {
+                what: "dup of the cancel fd",
+                source,
+            })?;
+        let mut prepared = prepare::prepare(spec, &ctx)?;
+        let lease = match (&self.netns, spec.network) {
+            (Some(pool), Network::None) => pool.acquire()?,
+            _ => netns::NetnsLease::Fresh,
         };
+        if lease.namespace().is_some() {
+            // The pooled namespace already has `lo` up; clone must not make a new one.
+            prepared.network_namespace = false;
+        }
+        let limits = CgroupLimits {
+            memory_bytes: spec.memory,
+            pids: spec.pids,
+            cpu_millicores: spec.cpu_millicores,
+        };
+        let owned_cgroup: Option<Box<dyn RunCgroup>> = match (&self.cgroup, warm) {
+            (Some(driver), None) => Some(driver.create(&limits)?),
+            _ => None,
+        };
+        if let Some(cgroup) = warm {
+            // The stub itself is one task of the run's pids cgroup.
+            cgroup.set_limits(&CgroupLimits {
+                pids: limits.pids + 1,
+                ..limits
+            })?;
+        }
+        let run_cgroup: Option<&dyn RunCgroup> = warm.or(owned_cgroup.as_deref());
         let landlock_plan = match self.landlock {
             Some(mode) => Some(LandlockPlan::prepare_with(&LandlockSpec {
                 ro_exec_host_paths: &prepared.ro_host_paths,
@@ -294,7 +415,8 @@ impl Sandbox {
         };
         let launched = parent::launch(&parent::LaunchParams {
             prepared: &prepared,
-            cgroup: run_cgroup.as_deref(),
+            cgroup: run_cgroup,
+            cgroup_entered: warm.is_some(),
             layers: &layers,
             keep_fd: landlock_plan
                 .as_ref()
@@ -305,10 +427,30 @@ impl Sandbox {
             output_limit: spec.output_limit,
             passthrough: options.passthrough,
             on_violation: Some(&on_violation),
+            cancel: cancel.as_ref().map(std::os::fd::AsFd::as_fd),
+            join_netns: self.netns.as_ref().zip(lease.namespace()),
         });
+        // The init has been reaped (or never existed): nothing of the run is left in the
+        // namespace, so the slot may go to the next run.
+        let net_namespace = (spec.network == Network::None).then(|| lease.kind().to_owned());
+        lease.release();
         let cleanup_started = Instant::now();
-        let stats = run_cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
-        if let Some(c) = run_cgroup
+        let mut launched = launched;
+        let files = match (&mut launched, &spec.collect) {
+            // Every process of the run is gone (the init was reaped): nothing races the walk.
+            // The fd is dropped right after, before the cgroup its pages are charged to goes.
+            (Ok(observed), Some(caps)) if observed.exec_at.is_some() => observed
+                .workdir
+                .take()
+                .map(|fd| collect::collect(std::os::fd::AsFd::as_fd(&fd), caps))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if let Ok(observed) = &mut launched {
+            observed.workdir = None;
+        }
+        let stats = run_cgroup.map(|c| c.stats()).unwrap_or_default();
+        if let Some(c) = owned_cgroup
             && let Err(e) = c.destroy()
         {
             tracing::warn!("cannot remove the run's cgroup: {e}");
@@ -316,6 +458,11 @@ impl Sandbox {
         let observed = launched?;
         let cleanup_ms = ms(cleanup_started.elapsed());
         let mut result = self.assemble(spec, &prepared, observed, stats, started, cleanup_ms);
+        result.files = files;
+        result.isolation.net_namespace = net_namespace;
+        if warm.is_some() {
+            result.isolation.cgroup.attach = Some("prewarmed".into());
+        }
         if let Some(error) = &mut result.error
             && error.stage == Stage::Landlock.name()
             && let Some(plan) = &landlock_plan
@@ -341,7 +488,8 @@ impl Sandbox {
         started: Instant,
         cleanup_ms: f64,
     ) -> RunResult {
-        if o.exec_at.is_none() && o.setup_failure.is_none() && o.violation.is_none() {
+        if o.exec_at.is_none() && o.setup_failure.is_none() && o.violation.is_none() && !o.cancelled
+        {
             // The child died before exec without reporting (for example an operator's seccomp
             // policy refusing the syscalls the init itself needs): still a setup error.
             return self.assemble_silent_failure(spec, prepared, o, started, cleanup_ms);
@@ -365,7 +513,7 @@ impl Sandbox {
             truncated: o.stdout_truncated || o.stderr_truncated,
             seccomp_violation: o.violation.is_some(),
             setup_failed: o.setup_failure.is_some(),
-            cancelled: false,
+            cancelled: o.cancelled,
         });
         let error = o
             .setup_failure
@@ -383,6 +531,10 @@ impl Sandbox {
             .peak_memory_bytes
             .or(Some(o.rusage.ru_maxrss as u64 * 1024));
         let exec_at = o.exec_at.unwrap_or(o.exit_at);
+        // The payload's time ends when the init reports its exit; what follows (namespace
+        // teardown, collection, cgroup) is kakoi's cleanup.
+        let payload_end = o.payload_exit_at.unwrap_or(o.exit_at);
+        let teardown_ms = ms(o.exit_at.saturating_duration_since(payload_end));
         RunResult {
             status,
             exit_code,
@@ -394,7 +546,7 @@ impl Sandbox {
             stderr_base64,
             stdout_truncated: o.stdout_truncated,
             stderr_truncated: o.stderr_truncated,
-            wall_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
+            wall_ms: ms(payload_end.saturating_duration_since(exec_at)),
             cpu_user_ms,
             cpu_sys_ms,
             peak_memory_bytes,
@@ -404,8 +556,8 @@ impl Sandbox {
             timings: Timings {
                 env_ms: 0.0,
                 setup_ms: ms(exec_at.saturating_duration_since(started)),
-                run_ms: ms(o.exit_at.saturating_duration_since(exec_at)),
-                cleanup_ms,
+                run_ms: ms(payload_end.saturating_duration_since(exec_at)),
+                cleanup_ms: teardown_ms + cleanup_ms,
             },
             isolation: self.isolation(spec, prepared),
             backend: "native".into(),
@@ -473,11 +625,19 @@ impl Sandbox {
                 },
                 controllers: d.controllers(),
                 reason: None,
+                attach: Some(
+                    match d.version() {
+                        cgroup::CgroupVersion::V2 => "clone_into",
+                        cgroup::CgroupVersion::V1 => "migrate",
+                    }
+                    .into(),
+                ),
             },
             None => CgroupIsolation {
                 version: "none".into(),
                 controllers: vec![],
                 reason: self.cgroup_reason.clone(),
+                attach: None,
             },
         };
         let rlimit_fallbacks = if self.cgroup.is_none() {
@@ -496,6 +656,7 @@ impl Sandbox {
                 Network::None => "none".into(),
                 Network::Host => "host".into(),
             },
+            net_namespace: None,
             cgroup,
             rlimits: prepared.rlimit_names.clone(),
             rlimit_fallbacks,

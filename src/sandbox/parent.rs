@@ -10,8 +10,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::pipe2;
 
-use super::cgroup::RunCgroup;
+use super::cgroup::{CgroupEntry, RunCgroup};
 use super::child::{self, ChildFds, Layers};
+use super::netns::{NetnsError, NetnsPool};
 use super::prepare::Prepared;
 use super::protocol::{Kind, MESSAGE_LEN, Message, Stage};
 use super::sys;
@@ -42,8 +43,14 @@ pub struct Observed {
     pub stderr_truncated: bool,
     /// When the payload was exec'd.
     pub exec_at: Option<Instant>,
-    /// When the init was seen to exit.
+    /// When the init was seen to exit (its namespaces torn down, the pipes drained).
     pub exit_at: Instant,
+    /// When the init reported the payload's exit (before it tore anything down).
+    pub payload_exit_at: Option<Instant>,
+    /// The workdir's root, when the child sent it (for returned files).
+    pub workdir: Option<OwnedFd>,
+    /// The caller cancelled the run and the sandbox was killed.
+    pub cancelled: bool,
 }
 
 /// Errors of the launcher itself (not of the payload).
@@ -67,6 +74,9 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The launcher could not leave its pooled network namespace after clone.
+    #[error("network namespace")]
+    Netns(#[from] NetnsError),
     /// Joining the cgroup failed.
     #[error("cannot move the sandbox into its cgroup")]
     Cgroup(#[source] super::cgroup::CgroupError),
@@ -89,6 +99,8 @@ pub struct LaunchParams<'a> {
     pub prepared: &'a Prepared,
     /// The run's cgroup, if any.
     pub cgroup: Option<&'a dyn RunCgroup>,
+    /// This process is already in `cgroup` (a pre-warmed stub): the child is born in it.
+    pub cgroup_entered: bool,
     /// Kernel layers for the child.
     pub layers: &'a Layers<'a>,
     /// An fd the child must keep open (the Landlock ruleset).
@@ -103,6 +115,11 @@ pub struct LaunchParams<'a> {
     pub passthrough: bool,
     /// Parent-side handler of seccomp notifications: returns the syscall name.
     pub on_violation: Option<&'a ViolationHandler<'a>>,
+    /// Readable or hung up = cancel the run.
+    pub cancel: Option<BorrowedFd<'a>>,
+    /// A pre-made network namespace to clone the sandbox into (and the pool that returns the
+    /// launcher to its own namespace right after).
+    pub join_netns: Option<(&'a NetnsPool, BorrowedFd<'a>)>,
 }
 
 fn syscall<T>(what: &'static str, r: Result<T, Errno>) -> Result<T, LaunchError> {
@@ -152,11 +169,28 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     if p.network_namespace {
         ns |= libc::CLONE_NEWNET;
     }
-    let cgroup_fd = params
+    let entry = params
         .cgroup
-        .and_then(|c| c.clone_into_fd())
-        .map(|fd| fd.as_raw_fd());
-    let cloned = syscall("clone3", sys::clone_sandbox(ns as u64, cgroup_fd))?;
+        .filter(|_| !params.cgroup_entered)
+        .map(super::cgroup::entry);
+    let cgroup_fd = match entry {
+        Some(CgroupEntry::CloneInto(fd)) => Some(fd.as_raw_fd()),
+        _ => None,
+    };
+    // A pooled network namespace is joined by the launcher itself just for the clone (the
+    // sandbox's user namespace could not join one owned by the host's), then left again.
+    if let Some((pool, namespace)) = params.join_netns {
+        syscall(
+            "setns into the pooled network namespace",
+            pool.enter(namespace),
+        )?;
+    }
+    let cloned = sys::clone_sandbox(ns as u64, cgroup_fd);
+    let restored = match (params.join_netns, &cloned) {
+        (Some((pool, _)), Ok(sys::Cloned::Parent { .. }) | Err(_)) => pool.restore(),
+        _ => Ok(()),
+    };
+    let cloned = syscall("clone3", cloned)?;
     let (pid, pidfd) = match cloned {
         sys::Cloned::Child => {
             let fds = ChildFds {
@@ -175,15 +209,15 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
         pid,
         armed: true,
     };
+    // After the guard: on error the child is killed and reaped.
+    restored?;
 
     write_id_maps(pid, params.host_id, p.clear_groups)?;
     // Release 1: the maps exist, the child may build its root.
     let _ = sys::write_all(parent_sock.as_raw_fd(), &[1]);
     // Join the cgroup while the child builds its root (v1 attach waits for an RCU grace
     // period; overlapping hides it). v2 children were born in it via CLONE_INTO_CGROUP.
-    if let Some(cgroup) = params.cgroup
-        && cgroup_fd.is_none()
-    {
+    if let (Some(cgroup), Some(CgroupEntry::Migrate)) = (params.cgroup, entry) {
         cgroup.attach(pid).map_err(LaunchError::Cgroup)?;
     }
     // Release 2: in the cgroup; the child may go on to its limits and exec.
@@ -265,6 +299,7 @@ fn supervise(
     let mut deadline = started + params.timeout + Duration::from_secs(10);
     let mut sock = Some(sock);
     let mut listener: Option<OwnedFd> = None;
+    let mut workdir: Option<OwnedFd> = None;
     let mut stdout = Stream {
         fd: Some(out_r),
         buf: Vec::new(),
@@ -279,10 +314,13 @@ fn supervise(
     };
     let mut setup_failure = None;
     let mut payload_status = None;
+    let mut payload_exit_at = None;
     let mut exec_at = None;
     let mut timed_out = false;
     let mut violation = None;
     let mut exited = false;
+    let mut cancel = params.cancel;
+    let mut cancelled = false;
     let kill = || {
         let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
         if let Some(cgroup) = params.cgroup {
@@ -329,6 +367,10 @@ fn supervise(
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             kinds.push(4);
         }
+        if let (Some(fd), false) = (cancel, exited) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            kinds.push(5);
+        }
         let timeout = PollTimeout::try_from(wait_ms).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -353,6 +395,12 @@ fn supervise(
         for kind in ready {
             match kind {
                 0 => exited = true,
+                5 => {
+                    // Polled once: a hung-up fd stays ready, and once is enough.
+                    cancel = None;
+                    cancelled = true;
+                    kill();
+                }
                 1 => {
                     stdout.drain(params.output_limit);
                 }
@@ -374,13 +422,17 @@ fn supervise(
                                 exec_at = Some(now);
                                 deadline = now + params.timeout;
                             }
-                            Some(m) if m.kind == Kind::Exit => payload_status = Some(m.value),
+                            Some(m) if m.kind == Kind::Exit => {
+                                payload_status = Some(m.value);
+                                payload_exit_at = Some(Instant::now());
+                            }
                             Some(m) if m.kind == Kind::Listener => listener = passed,
+                            Some(m) if m.kind == Kind::Workdir => workdir = passed,
                             _ => {}
                         },
                     }
                 }
-                _ => {
+                4 => {
                     if let (Some(fd), Some(handler)) = (&listener, params.on_violation) {
                         match handler(fd.as_fd()) {
                             Some(name) => {
@@ -392,6 +444,7 @@ fn supervise(
                         }
                     }
                 }
+                _ => unreachable!("unknown poll slot"),
             }
         }
     }
@@ -405,7 +458,10 @@ fn supervise(
                 break;
             }
             match Message::decode(&buf[..n]) {
-                Some(m) if m.kind == Kind::Exit => payload_status = Some(m.value),
+                Some(m) if m.kind == Kind::Exit => {
+                    payload_status = Some(m.value);
+                    payload_exit_at = payload_exit_at.or(Some(exit_at));
+                }
                 Some(m) if m.kind == Kind::Error => {
                     let stage = Stage::from_u32(m.stage).unwrap_or(Stage::Exec);
                     setup_failure = Some((stage, m.detail, Errno::from_raw(m.value)));
@@ -428,6 +484,9 @@ fn supervise(
         stderr_truncated: stderr.truncated,
         exec_at,
         exit_at,
+        payload_exit_at,
+        workdir,
+        cancelled,
     })
 }
 

@@ -30,6 +30,13 @@ const ETC_BINDS: &[&str] = &[
     "python3.13",
 ];
 
+/// Directory of the root tmpfs that holds /tmp, the workdir and /dev/shm (mode 0 once they
+/// are bound; the root mount is read-only, so nobody can open it up again).
+pub const SCRATCH: &str = "/.kakoi-scratch";
+
+/// Inodes of the root tmpfs: the skeleton, /tmp, the workdir and /dev/shm together.
+const ROOT_INODES: u32 = 32_768;
+
 /// Device nodes bound from the host /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -73,6 +80,21 @@ pub enum Op {
         source: CString,
         /// Target file under the new root.
         target: CString,
+    },
+    /// Bind `source` (a path under the new root) on `target`, keeping the source mount's
+    /// flags (the scratch directories of the root tmpfs: nosuid, nodev, writable).
+    BindScratch {
+        /// Directory under the new root.
+        source: CString,
+        /// Target under the new root.
+        target: CString,
+    },
+    /// chmod(2), for modes the umask would strip (1777) or to close a directory (0).
+    Chmod {
+        /// Path.
+        path: CString,
+        /// Mode.
+        mode: libc::mode_t,
     },
     /// Set mount attributes (non-recursive) on a mount point.
     SetAttr {
@@ -139,6 +161,9 @@ pub struct Prepared {
     pub network_namespace: bool,
     /// Workdir inside the sandbox.
     pub workdir: CString,
+    /// The workdir's mount point before pivot_root, when the launcher collects returned files:
+    /// the child opens it and hands the fd over the report socket.
+    pub collect_workdir: Option<CString>,
     /// rlimits (resource, soft, hard) in order.
     pub rlimits: Vec<Rlimit>,
     /// Names of those rlimits, for the result.
@@ -165,6 +190,9 @@ pub struct Prepared {
     pub rw_host_paths: Vec<PathBuf>,
     /// The launcher's argv and environment areas, which the init erases.
     pub launcher_areas: [(usize, usize); 2],
+    /// Signals reset to their default disposition for the payload (the launcher's ignored
+    /// ones, SIGPIPE included: Rust programs ignore it).
+    pub reset_signals: super::sys::SigSet,
 }
 
 /// Preparation failures (before anything is cloned).
@@ -220,6 +248,8 @@ pub struct PrepareContext<'a> {
     pub fallback_pids: bool,
     /// The launcher's argv and environment areas (fixed for the process: read once).
     pub launcher_areas: [(usize, usize); 2],
+    /// Signals the launcher ignores (read once), reset to default for the payload.
+    pub ignored_signals: &'a [libc::c_int],
 }
 
 fn cstr(bytes: &[u8]) -> CString {
@@ -259,15 +289,25 @@ impl Plan {
         self.push(format!("mkdir {path}"), op);
     }
 
-    fn tmpfs(&mut self, path: &str, flags: libc::c_ulong, data: String) {
-        let op = Op::Mount {
-            source: Some(cstr(b"tmpfs")),
-            target: self.at(path),
-            fstype: Some(cstr(b"tmpfs")),
-            flags,
-            data: Some(cstr(data.as_bytes())),
+    fn chmod(&mut self, path: &str, mode: libc::mode_t) {
+        let op = Op::Chmod {
+            path: self.at(path),
+            mode,
         };
-        self.push(format!("tmpfs on {path} ({data})"), op);
+        self.push(format!("chmod {mode:o} {path}"), op);
+    }
+
+    /// `path` becomes a writable view of the root tmpfs's `SCRATCH/<name>` directory.
+    fn scratch(&mut self, name: &str, path: &str, mode: libc::mode_t) {
+        let dir = format!("{SCRATCH}/{name}");
+        self.mkdir(&dir, mode);
+        self.chmod(&dir, mode);
+        self.mkdir(path, 0o755);
+        let op = Op::BindScratch {
+            source: self.at(&dir),
+            target: self.at(path),
+        };
+        self.push(format!("scratch bind {dir} -> {path}"), op);
     }
 
     fn bind_ro(&mut self, host: &Path, sandbox: &str) {
@@ -322,15 +362,22 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         labels: Vec::with_capacity(64),
     };
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    // The new root: a small tmpfs, remounted read-only after pivot_root.
+    // The new root: ONE tmpfs for the whole run (a new superblock is the costly part of a
+    // mount). Its own mount becomes read-only after pivot_root; /tmp, the workdir and
+    // /dev/shm are writable bind mounts of its scratch directories, so the three share its
+    // size cap (memory is capped by the cgroup anyway), and the scratch directory itself is
+    // closed (mode 0) once bound.
+    let size = spec.tmp_size;
+    let data = format!("size={size},nr_inodes={ROOT_INODES},mode=0755");
     let op = Op::Mount {
         source: Some(cstr(b"tmpfs")),
         target: path_c(ctx.root),
         fstype: Some(cstr(b"tmpfs")),
         flags: nosuid_nodev,
-        data: Some(cstr(b"size=1m,nr_inodes=512,mode=0755")),
+        data: Some(cstr(data.as_bytes())),
     };
-    plan.push("tmpfs on the new root".into(), op);
+    plan.push(format!("tmpfs on the new root ({data})"), op);
+    plan.mkdir(SCRATCH, 0o700);
 
     // Toolchain: bind real directories, recreate symlinks (merged /usr).
     for dir in TOOLCHAIN {
@@ -386,20 +433,10 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         plan.bind_ro(&host, &sandbox);
     }
 
-    // Writable scratch space, each a size-capped tmpfs.
-    let size = spec.tmp_size;
-    plan.mkdir("/tmp", 0o1777);
-    plan.tmpfs(
-        "/tmp",
-        nosuid_nodev,
-        format!("size={size},nr_inodes=16384,mode=1777"),
-    );
-    plan.mkdir(WORKDIR, 0o755);
-    plan.tmpfs(
-        WORKDIR,
-        nosuid_nodev,
-        format!("size={size},nr_inodes=16384,mode=0755,uid={SANDBOX_ID},gid={SANDBOX_ID}"),
-    );
+    // Writable scratch space: /tmp and the workdir (owned by the sandbox user, who creates
+    // everything on this tmpfs).
+    plan.scratch("tmp", "/tmp", 0o1777);
+    plan.scratch("work", WORKDIR, 0o755);
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     let workdir = Path::new(WORKDIR);
     for file in &spec.files {
@@ -442,13 +479,9 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
     };
     plan.push("mount /proc".into(), op);
 
-    // Minimal /dev: a few bound device nodes, the usual symlinks, a fresh /dev/shm.
+    // Minimal /dev on the (read-only) root: a few bound device nodes, the usual symlinks, a
+    // fresh /dev/shm.
     plan.mkdir("/dev", 0o755);
-    plan.tmpfs(
-        "/dev",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "size=64k,nr_inodes=64,mode=0755".into(),
-    );
     for dev in DEVICES {
         let sandbox = format!("/dev/{dev}");
         let op = Op::Touch {
@@ -473,17 +506,14 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         };
         plan.push(format!("symlink /dev/{link}"), op);
     }
-    plan.mkdir("/dev/shm", 0o1777);
-    plan.tmpfs(
-        "/dev/shm",
-        nosuid_nodev | libc::MS_NOEXEC,
-        format!("size={size},nr_inodes=4096,mode=1777"),
-    );
+    plan.scratch("shm", "/dev/shm", 0o1777);
     let op = Op::SetAttr {
-        target: plan.at("/dev"),
-        set: super::sys::MOUNT_ATTR_RDONLY,
+        target: plan.at("/dev/shm"),
+        set: super::sys::MOUNT_ATTR_NOEXEC,
     };
-    plan.push("make /dev read-only".into(), op);
+    plan.push("make /dev/shm noexec".into(), op);
+    // Everything is bound: nobody walks the scratch directory under its own name.
+    plan.chmod(SCRATCH, 0);
 
     // Operator binds last, so they cannot be shadowed by the skeleton.
     let mut made: Vec<PathBuf> = vec!["/usr".into(), "/etc".into(), "/tmp".into()];
@@ -526,12 +556,14 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
     };
 
     let (rlimits, rlimit_names) = rlimits(spec, ctx);
+    let collect_workdir = spec.collect.as_ref().map(|_| plan.at(WORKDIR));
     Ok(Prepared {
         root: path_c(ctx.root),
         ops: plan.ops,
         op_labels: plan.labels,
         network_namespace: spec.network == Network::None,
         workdir: cstr(WORKDIR.as_bytes()),
+        collect_workdir,
         rlimits,
         rlimit_names,
         clear_groups: ctx.clear_groups,
@@ -544,6 +576,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         ro_host_paths: plan.ro_host_paths,
         rw_host_paths: plan.rw_host_paths,
         launcher_areas: ctx.launcher_areas,
+        reset_signals: super::sys::SigSet::of(ctx.ignored_signals),
     })
 }
 

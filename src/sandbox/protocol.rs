@@ -6,7 +6,8 @@
 //! - `Error { stage, detail, errno }` then EOF: setup failed, nothing ran (exit 125);
 //! - `ExecOk`: the payload's execve succeeded;
 //! - `Exit { status }`: the payload's raw wait status, sent by init before it exits;
-//! - `Listener` with an fd (SCM_RIGHTS): the seccomp user-notification listener.
+//! - `Listener` with an fd (SCM_RIGHTS): the seccomp user-notification listener;
+//! - `Workdir` with an fd: the workdir tmpfs root, for collecting returned files after the run.
 
 /// Message kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum Kind {
     Exit = 3,
     /// The seccomp listener fd travels with this message.
     Listener = 4,
+    /// An `O_PATH` fd of the workdir's root travels with this message.
+    Workdir = 5,
 }
 
 /// The child's checklist steps, in order. The numbers travel on the wire.
@@ -40,8 +43,12 @@ pub enum Stage {
     Rootfs,
     /// Bringing `lo` up.
     Loopback,
+    /// Handing the workdir to the launcher (for returned files).
+    Workdir,
     /// sethostname.
     Hostname,
+    /// Raising oom_score_adj.
+    OomScore,
     /// pivot_root.
     PivotRoot,
     /// Detaching the old root.
@@ -82,7 +89,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, for decoding.
-    pub const ALL: [Stage; 26] = [
+    pub const ALL: [Stage; 28] = [
         Stage::WaitRelease,
         Stage::ParentDeathSignal,
         Stage::Setsid,
@@ -90,7 +97,9 @@ impl Stage {
         Stage::MountPrivate,
         Stage::Rootfs,
         Stage::Loopback,
+        Stage::Workdir,
         Stage::Hostname,
+        Stage::OomScore,
         Stage::PivotRoot,
         Stage::DetachOldRoot,
         Stage::Chdir,
@@ -126,7 +135,9 @@ impl Stage {
             Stage::MountPrivate => "mount-private",
             Stage::Rootfs => "rootfs",
             Stage::Loopback => "loopback",
+            Stage::Workdir => "workdir",
             Stage::Hostname => "hostname",
+            Stage::OomScore => "oom-score",
             Stage::PivotRoot => "pivot-root",
             Stage::DetachOldRoot => "detach-old-root",
             Stage::Chdir => "chdir",
@@ -207,6 +218,7 @@ impl Message {
             2 => Kind::ExecOk,
             3 => Kind::Exit,
             4 => Kind::Listener,
+            5 => Kind::Workdir,
             _ => return None,
         };
         Some(Message {
@@ -228,6 +240,7 @@ mod tests {
             Message::error(Stage::PivotRoot, 7, libc::EPERM),
             Message::simple(Kind::ExecOk, 0),
             Message::simple(Kind::Exit, 0x0900),
+            Message::simple(Kind::Workdir, 0),
         ] {
             assert_eq!(Message::decode(&m.encode()), Some(m));
         }

@@ -1,19 +1,22 @@
 //! seccomp: the syscall allowlist applied last in the sandbox child, and the supervisor side
 //! that names violations.
 //!
-//! A policy is four BPF filters (see `seccomp/README.md`). The kernel runs every installed
-//! filter and takes the strongest action (`KILL_PROCESS > KILL_THREAD > TRAP > ERRNO >
-//! USER_NOTIF > TRACE > LOG > ALLOW`, seccomp(2) "Filter return values"), so each filter decides
-//! one thing:
+//! A policy file names four decisions (see `seccomp/README.md`): the allowlist (some syscalls
+//! only with restricted arguments), syscalls answered `ENOSYS`, syscalls only an attack makes
+//! (reported), and everything else refused with `EPERM`. The loader turns them into **one** BPF
+//! program, so the kernel checks, converts and JITs one filter per run and every syscall walks
+//! one filter:
 //!
-//! 1. guard: non-native architecture or an x32 syscall number → `KILL_PROCESS`;
-//! 2. `allow`: the allowlist (plus the routed syscalls of 3 and 4) → `ALLOW`, else `ERRNO(EPERM)`;
-//! 3. `enosys`: `clone3` → `ERRNO(ENOSYS)`, else `ALLOW`;
-//! 4. `report`: syscalls only an attack makes → `USER_NOTIF` (the supervisor names and kills),
-//!    or `KILL_PROCESS` when the kernel lacks user notification.
+//! 1. a syscall from another ABI (i386 on x86_64, arm32 on aarch64), or with the x32 bit →
+//!    `KILL_PROCESS`;
+//! 2. a binary search over ranges of consecutive syscall numbers that get the same answer
+//!    (`ALLOW`, `ERRNO(ENOSYS)`, `USER_NOTIF` for reported ones — `KILL_PROCESS` where the
+//!    kernel has no user notification —, or the policy's `ERRNO`), about seven comparisons deep;
+//! 3. syscalls with argument rules (`clone`, `socket`, `ioctl`, `personality`) jump to the
+//!    seccompiler-compiled rules, which end in the policy's `ERRNO`.
 //!
 //! Everything is compiled and allocated before clone; [`SeccompPolicy::install`] only makes
-//! syscalls on prepared memory.
+//! one `seccomp(2)` call on prepared memory.
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -30,9 +33,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/seccomp_generated.rs"));
 }
 
-const EMBEDDED_ALLOW: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.allow.bpf"));
-const EMBEDDED_ENOSYS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.enosys.bpf"));
-const EMBEDDED_REPORT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.report.bpf"));
+const EMBEDDED_CONDITIONAL: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/default.conditional.bpf"));
 
 /// `__X32_SYSCALL_BIT`: x32 syscalls arrive with `AUDIT_ARCH_X86_64` and this bit set in the
 /// number; seccompiler's arch check does not look at it.
@@ -48,6 +50,8 @@ const NATIVE_AUDIT_ARCH: u32 = 0;
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_JMP_JSET_K: u16 = 0x45;
+const BPF_JMP_JGE_K: u16 = 0x35;
+const BPF_JMP_JA: u16 = 0x05;
 const BPF_RET_K: u16 = 0x06;
 const SECCOMP_DATA_NR_OFFSET: u32 = 0;
 const SECCOMP_DATA_ARCH_OFFSET: u32 = 4;
@@ -82,15 +86,15 @@ pub enum SeccompError {
     Receive(#[source] Errno),
 }
 
-/// Compiled filters, ready to install in the sandbox child.
+/// A compiled policy: one BPF program, ready to install in the sandbox child.
 #[derive(Clone)]
 pub struct SeccompPolicy {
     name: String,
-    guard: Vec<libc::sock_filter>,
-    allow: Vec<libc::sock_filter>,
-    enosys: Vec<libc::sock_filter>,
-    report: Vec<libc::sock_filter>,
-    report_template: Vec<libc::sock_filter>,
+    program: Vec<libc::sock_filter>,
+    conditional: Vec<libc::sock_filter>,
+    plain: Vec<String>,
+    enosys: Vec<String>,
+    deny_errno: u32,
     notify: bool,
     allowed: Vec<String>,
     reported: Vec<String>,
@@ -109,7 +113,7 @@ impl fmt::Debug for SeccompPolicy {
 pub struct SeccompSummary {
     /// `default` or the policy file's path.
     pub policy: String,
-    /// Architecture the filters check for.
+    /// Architecture the filter checks for.
     pub arch: &'static str,
     /// Number of allowed syscalls (some with restricted arguments).
     pub allowed: usize,
@@ -119,7 +123,9 @@ pub struct SeccompSummary {
     pub notify_supported: bool,
     /// What a reported syscall does: `user_notif` (named by the supervisor) or `kill_process`.
     pub report_action: &'static str,
-    /// Total BPF instructions over all filters (each syscall pays for the filters it passes).
+    /// Number of BPF filters installed (one).
+    pub filters: usize,
+    /// BPF instructions of the filter.
     pub instructions: usize,
 }
 
@@ -138,11 +144,12 @@ pub struct Violation {
     pub id: u64,
 }
 
-struct Programs {
-    allow: Vec<libc::sock_filter>,
+/// The parts of a policy the loader assembles into one program.
+struct Parts {
+    conditional: Vec<libc::sock_filter>,
     plain: Vec<String>,
-    enosys: Vec<libc::sock_filter>,
-    report: Vec<libc::sock_filter>,
+    enosys: Vec<String>,
+    deny_errno: u32,
     allowed: Vec<String>,
     reported: Vec<String>,
 }
@@ -150,27 +157,19 @@ struct Programs {
 impl SeccompPolicy {
     /// The default policy, compiled from `seccomp/<arch>/default.json` at build time.
     pub fn default_policy() -> Result<Self, SeccompError> {
-        if EMBEDDED_ALLOW.is_empty() {
+        if generated::DEFAULT_ALLOWED.is_empty() {
             return Err(SeccompError::UnsupportedArch(generated::POLICY_ARCH));
         }
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Ok(Self::assemble(
             "default".to_string(),
-            Programs {
-                allow: decode(EMBEDDED_ALLOW)?,
-                plain: generated::DEFAULT_PLAIN
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                enosys: decode(EMBEDDED_ENOSYS)?,
-                report: decode(EMBEDDED_REPORT)?,
-                allowed: generated::DEFAULT_ALLOWED
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                reported: generated::DEFAULT_REPORTED
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+            Parts {
+                conditional: decode(EMBEDDED_CONDITIONAL)?,
+                plain: names(generated::DEFAULT_PLAIN),
+                enosys: names(generated::DEFAULT_ENOSYS),
+                deny_errno: generated::DEFAULT_DENY_ERRNO,
+                allowed: names(generated::DEFAULT_ALLOWED),
+                reported: names(generated::DEFAULT_REPORTED),
             },
         ))
     }
@@ -194,41 +193,40 @@ impl SeccompPolicy {
                 path: PathBuf::from(name),
                 reason,
             })?;
-        let convert = |program: &seccompiler::BpfProgram| -> Vec<libc::sock_filter> {
-            program
-                .iter()
-                .map(|i| libc::sock_filter {
-                    code: i.code,
-                    jt: i.jt,
-                    jf: i.jf,
-                    k: i.k,
-                })
-                .collect()
-        };
+        let conditional = compiled
+            .allow
+            .iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect();
         Ok(Self::assemble(
             name.to_string(),
-            Programs {
-                allow: convert(&compiled.allow),
+            Parts {
+                conditional,
                 plain: compiled.plain,
-                enosys: convert(&compiled.enosys),
-                report: convert(&compiled.report),
+                enosys: compiled.enosys_names,
+                deny_errno: compiled.deny_errno,
                 allowed: compiled.allowed,
                 reported: compiled.reported,
             },
         ))
     }
 
-    fn assemble(name: String, programs: Programs) -> Self {
+    fn assemble(name: String, parts: Parts) -> Self {
         let mut policy = SeccompPolicy {
             name,
-            guard: guard_program(),
-            allow: dispatch_program(&programs.plain, libc::SECCOMP_RET_ALLOW, &programs.allow),
-            enosys: programs.enosys,
-            report: programs.report.clone(),
-            report_template: programs.report,
+            program: Vec::new(),
+            conditional: parts.conditional,
+            plain: parts.plain,
+            enosys: parts.enosys,
+            deny_errno: parts.deny_errno,
             notify: false,
-            allowed: programs.allowed,
-            reported: programs.reported,
+            allowed: parts.allowed,
+            reported: parts.reported,
         };
         policy.set_notify(true);
         policy
@@ -240,65 +238,73 @@ impl SeccompPolicy {
     /// [`SeccompPolicy::default_policy`] and [`SeccompPolicy::from_file`] ask for it.
     pub fn set_notify(&mut self, notify: bool) {
         self.notify = notify && user_notif_available();
-        let action = if self.notify {
+        let report = if self.notify {
             libc::SECCOMP_RET_USER_NOTIF
         } else {
             libc::SECCOMP_RET_KILL_PROCESS
         };
-        // The report filter lists whole syscalls only (the compiler refuses `args` there), so
-        // it is rebuilt as a binary search with the chosen action, default ALLOW.
-        self.report = if self.report_template.is_empty() {
-            Vec::new()
-        } else {
-            dispatch_program(
-                &self.reported,
-                action,
-                &[bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW)],
-            )
-        };
+        let mut classes = Vec::new();
+        let number = |name: &String| syscall_number(name).map(|nr| nr as u32);
+        // Later entries win: a syscall routed to ENOSYS or reported is also in `plain` (the
+        // compiler lists it there so seccompiler checks its name).
+        classes.extend(
+            self.plain
+                .iter()
+                .filter_map(number)
+                .map(|nr| (nr, Class::Allow)),
+        );
+        classes.extend(
+            self.allowed
+                .iter()
+                .filter(|name| !self.plain.contains(name))
+                .filter_map(number)
+                .map(|nr| (nr, Class::Conditional)),
+        );
+        classes.extend(
+            self.enosys
+                .iter()
+                .filter_map(number)
+                .map(|nr| (nr, Class::Enosys)),
+        );
+        classes.extend(
+            self.reported
+                .iter()
+                .filter_map(number)
+                .map(|nr| (nr, Class::Report)),
+        );
+        self.program = build_program(
+            &classes,
+            &Actions {
+                deny: libc::SECCOMP_RET_ERRNO | (self.deny_errno & libc::SECCOMP_RET_DATA),
+                enosys: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                report,
+            },
+            &self.conditional,
+        );
     }
 
     /// Whether reported syscalls go to a listener (`USER_NOTIF`) rather than killing directly.
     pub fn notifies(&self) -> bool {
         self.notify
     }
-    /// Installs the filters on the calling thread. Call it in the sandbox child after
-    /// `PR_SET_NO_NEW_PRIVS` and Landlock, just before exec: it makes only `seccomp(2)` calls on
-    /// memory prepared before clone, and allocates nothing.
+
+    /// Installs the filter on the calling thread. Call it in the sandbox child after
+    /// `PR_SET_NO_NEW_PRIVS` and Landlock, just before exec: it makes one `seccomp(2)` call on
+    /// memory prepared before clone, and allocates nothing. The filter refuses `seccomp(2)`
+    /// itself from then on.
     ///
-    /// Returns the user-notification listener (`O_CLOEXEC`, owned by the caller) when the report
-    /// filter uses `USER_NOTIF`. Hand it to the supervisor, then close it: a payload holding its
+    /// Returns the user-notification listener (`O_CLOEXEC`, owned by the caller) when reported
+    /// syscalls use `USER_NOTIF`. Hand it to the supervisor, then close it: a payload holding its
     /// own listener could let its reported syscalls continue.
     pub fn install(&self) -> Result<Option<RawFd>, Errno> {
-        let mut listener = None;
-        if !self.report.is_empty() {
-            let flags = if self.notify {
-                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER
-            } else {
-                0
-            };
-            let fd = set_mode_filter(&self.report, flags)?;
-            if self.notify {
-                listener = Some(fd);
-            }
-        }
-        let rest = || -> Result<(), Errno> {
-            if !self.enosys.is_empty() {
-                set_mode_filter(&self.enosys, 0)?;
-            }
-            set_mode_filter(&self.guard, 0)?;
-            // Last: the allowlist refuses seccomp(2) itself.
-            set_mode_filter(&self.allow, 0)?;
-            Ok(())
+        let listen = self.notify && !self.reported.is_empty();
+        let flags = if listen {
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER
+        } else {
+            0
         };
-        if let Err(errno) = rest() {
-            if let Some(fd) = listener {
-                // SAFETY: `fd` was just returned by seccomp(2) and is owned by nobody else.
-                unsafe { libc::close(fd) };
-            }
-            return Err(errno);
-        }
-        Ok(listener)
+        let fd = set_mode_filter(&self.program, flags)?;
+        Ok(listen.then_some(fd))
     }
 
     /// Syscalls this policy allows (some only with restricted arguments), sorted.
@@ -309,6 +315,11 @@ impl SeccompPolicy {
     /// Syscalls this policy reports as violations, sorted.
     pub fn reported(&self) -> &[String] {
         &self.reported
+    }
+
+    /// The BPF program [`SeccompPolicy::install`] loads.
+    pub fn program(&self) -> &[libc::sock_filter] {
+        &self.program
     }
 
     /// A serializable description for `isolation` and `kakoi doctor`.
@@ -324,10 +335,8 @@ impl SeccompPolicy {
             } else {
                 "kill_process"
             },
-            instructions: self.guard.len()
-                + self.allow.len()
-                + self.enosys.len()
-                + self.report.len(),
+            filters: 1,
+            instructions: self.program.len(),
         }
     }
 }
@@ -385,10 +394,10 @@ pub fn syscall_name(nr: i64) -> Option<&'static str> {
 
 /// The number of a native-architecture syscall name.
 pub fn syscall_number(name: &str) -> Option<i64> {
-    generated::SYSCALL_TABLE
-        .iter()
-        .find(|&&(_, n)| n == name)
-        .map(|&(nr, _)| nr)
+    generated::SYSCALLS_BY_NAME
+        .binary_search_by_key(&name, |&(n, _)| n)
+        .ok()
+        .map(|index| generated::SYSCALLS_BY_NAME[index].1)
 }
 
 /// Syscalls the default policy allows (some only with restricted arguments), sorted. The list is
@@ -527,92 +536,128 @@ const fn bpf_jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// Filter 1, built by hand: kill any syscall from a non-native ABI (i386 on x86_64, arm32 on
-/// aarch64) or with the x32 bit set (x86_64 only: x32 calls carry `AUDIT_ARCH_X86_64`).
-fn guard_program() -> Vec<libc::sock_filter> {
-    let mut program = vec![
-        bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH_OFFSET),
-        bpf_jump(BPF_JMP_JEQ_K, NATIVE_AUDIT_ARCH, 1, 0),
-        bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-    ];
-    if cfg!(target_arch = "x86_64") {
-        program.extend([
-            bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR_OFFSET),
-            bpf_jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT as u32, 0, 1),
-            bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-        ]);
-    }
-    program.push(bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
-    program
+/// What the filter answers for a syscall number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `ALLOW` whatever the arguments.
+    Allow,
+    /// Checked by the compiled argument rules.
+    Conditional,
+    /// `ERRNO(ENOSYS)`.
+    Enosys,
+    /// `USER_NOTIF` (or `KILL_PROCESS`).
+    Report,
+    /// The policy's `ERRNO` (not listed anywhere).
+    Deny,
 }
 
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_JMP_JGE_K: u16 = 0x35;
-/// Ranges this small are checked linearly at the leaves of the search.
-const DISPATCH_LEAF: usize = 4;
+/// The return values of the classes that end in a `RET`.
+struct Actions {
+    deny: u32,
+    enosys: u32,
+    report: u32,
+}
 
-/// A binary search over whole syscalls (`RET hit` on a match; the allow filter uses it with
-/// ALLOW over the syscalls allowed whatever their arguments, the report filter with its action), falling through to `conditional` (the compiled rules with
-/// argument checks, ending in the policy's default ERRNO). Far jumps use `JA` (32-bit
-/// offsets) because conditional jumps only reach 255 instructions.
-fn dispatch_program(
-    plain: &[String],
-    hit: u32,
+/// One filter: the ABI guard, a binary search over ranges of syscall numbers with the same
+/// class, and the compiled argument rules as the tail that `Conditional` leaves jump to.
+///
+/// `classes` lists `(number, class)`; a later entry for the same number wins. Numbers not
+/// listed get `Deny`, so unknown and future syscalls are refused. Conditional jumps reach 255
+/// instructions; where a left subtree is longer, a `JA` (32-bit offset) bridges it.
+fn build_program(
+    classes: &[(u32, Class)],
+    actions: &Actions,
     conditional: &[libc::sock_filter],
 ) -> Vec<libc::sock_filter> {
-    let mut numbers: Vec<u32> = plain
-        .iter()
-        .filter_map(|name| syscall_number(name))
-        .map(|nr| nr as u32)
-        .collect();
-    numbers.sort_unstable();
-    numbers.dedup();
+    let mut by_number = std::collections::BTreeMap::new();
+    for &(nr, class) in classes {
+        by_number.insert(nr, class);
+    }
+    // Ranges: (first number, class), sorted, each running up to the next one's start; the
+    // last runs to u32::MAX. Gaps between listed numbers are Deny ranges.
+    let mut ranges: Vec<(u32, Class)> = Vec::new();
+    let mut push = |start: u32, class: Class| {
+        if ranges.last().map(|r| r.1) != Some(class) {
+            ranges.push((start, class));
+        }
+    };
+    let mut next = 0;
+    for (&nr, &class) in &by_number {
+        if nr > next {
+            push(next, Class::Deny);
+        }
+        push(nr, class);
+        next = nr + 1;
+    }
+    push(next, Class::Deny);
     let mut program = vec![
         bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH_OFFSET),
         bpf_jump(BPF_JMP_JEQ_K, NATIVE_AUDIT_ARCH, 1, 0),
         bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
         bpf_stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR_OFFSET),
     ];
-    let mut to_fallback = Vec::new();
-    dispatch_range(&numbers, hit, &mut program, &mut to_fallback);
-    let fallback_start = program.len();
-    for index in to_fallback {
-        program[index].k = (fallback_start - index - 1) as u32;
+    if cfg!(target_arch = "x86_64") {
+        program.extend([
+            bpf_jump(BPF_JMP_JSET_K, X32_SYSCALL_BIT as u32, 0, 1),
+            bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        ]);
     }
-    if conditional.is_empty() {
-        program.push(bpf_stmt(
-            BPF_RET_K,
-            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        ));
-    } else {
+    let mut to_conditional = Vec::new();
+    emit_ranges(&ranges, actions, &mut program, &mut to_conditional);
+    if !to_conditional.is_empty() {
+        let tail = program.len();
+        for index in to_conditional {
+            program[index].k = (tail - index - 1) as u32;
+        }
         program.extend_from_slice(conditional);
     }
     program
 }
 
-fn dispatch_range(
-    numbers: &[u32],
-    hit: u32,
+/// Instructions [`emit_ranges`] emits for `ranges`.
+fn ranges_len(ranges: &[(u32, Class)]) -> usize {
+    if ranges.len() == 1 {
+        return 1;
+    }
+    let (left, right) = ranges.split_at(ranges.len() / 2);
+    let left_len = ranges_len(left);
+    1 + usize::from(left_len > 255) + left_len + ranges_len(right)
+}
+
+/// A search tree over `ranges` (non-empty): `nr >= first of the right half` jumps right, else
+/// falls through to the left half; a single range is one leaf.
+fn emit_ranges(
+    ranges: &[(u32, Class)],
+    actions: &Actions,
     program: &mut Vec<libc::sock_filter>,
-    to_fallback: &mut Vec<usize>,
+    to_conditional: &mut Vec<usize>,
 ) {
-    if numbers.len() <= DISPATCH_LEAF {
-        for &nr in numbers {
-            program.push(bpf_jump(BPF_JMP_JEQ_K, nr, 0, 1));
-            program.push(bpf_stmt(BPF_RET_K, hit));
-        }
-        to_fallback.push(program.len());
-        program.push(bpf_stmt(BPF_JMP_JA, 0));
+    if let [(_, class)] = ranges {
+        let leaf = match class {
+            Class::Allow => bpf_stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW),
+            Class::Deny => bpf_stmt(BPF_RET_K, actions.deny),
+            Class::Enosys => bpf_stmt(BPF_RET_K, actions.enosys),
+            Class::Report => bpf_stmt(BPF_RET_K, actions.report),
+            Class::Conditional => {
+                to_conditional.push(program.len());
+                bpf_stmt(BPF_JMP_JA, 0)
+            }
+        };
+        program.push(leaf);
         return;
     }
-    let mid = numbers.len() / 2;
-    // nr >= numbers[mid]: take the JA to the right half; else skip it into the left half.
-    program.push(bpf_jump(BPF_JMP_JGE_K, numbers[mid], 0, 1));
-    let to_right = program.len();
-    program.push(bpf_stmt(BPF_JMP_JA, 0));
-    dispatch_range(&numbers[..mid], hit, program, to_fallback);
-    program[to_right].k = (program.len() - to_right - 1) as u32;
-    dispatch_range(&numbers[mid..], hit, program, to_fallback);
+    let (left, right) = ranges.split_at(ranges.len() / 2);
+    let left_len = ranges_len(left);
+    let pivot = right[0].0;
+    if left_len > 255 {
+        // nr >= pivot: take the JA over the left half; else skip it.
+        program.push(bpf_jump(BPF_JMP_JGE_K, pivot, 0, 1));
+        program.push(bpf_stmt(BPF_JMP_JA, left_len as u32));
+    } else {
+        program.push(bpf_jump(BPF_JMP_JGE_K, pivot, left_len as u8, 0));
+    }
+    emit_ranges(left, actions, program, to_conditional);
+    emit_ranges(right, actions, program, to_conditional);
 }
 
 /// Decodes a program serialised by `build.rs` (8 bytes per instruction, little-endian).
@@ -693,8 +738,137 @@ mod tests {
         let key = |p: &[libc::sock_filter]| -> Vec<(u16, u8, u8, u32)> {
             p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
         };
-        assert_eq!(key(&embedded.allow), key(&runtime.allow));
-        assert_eq!(key(&embedded.report), key(&runtime.report));
+        assert_eq!(key(&embedded.program), key(&runtime.program));
+    }
+
+    /// A classic-BPF interpreter for the instructions the filter uses, so tests can ask the
+    /// program what it answers without installing it.
+    fn evaluate(program: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, arg) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_ne_bytes());
+        }
+        let word = |offset: u32| {
+            let o = offset as usize;
+            u32::from_ne_bytes(data[o..o + 4].try_into().unwrap())
+        };
+        let (mut a, mut pc, mut steps) = (0u32, 0usize, 0);
+        loop {
+            steps += 1;
+            assert!(steps < 10_000, "runaway program");
+            let i = program[pc];
+            pc += 1;
+            match i.code {
+                0x20 => a = word(i.k),      // ld [k]
+                0x54 => a &= i.k,           // and #k
+                0x05 => pc += i.k as usize, // ja
+                0x06 => return i.k,         // ret #k
+                0x15 | 0x25 | 0x35 | 0x45 => {
+                    let taken = match i.code {
+                        0x15 => a == i.k,
+                        0x25 => a > i.k,
+                        0x35 => a >= i.k,
+                        _ => a & i.k != 0,
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                code => panic!("unexpected BPF opcode {code:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    #[test]
+    fn one_filter_answers_every_syscall_as_the_policy_says() {
+        let mut policy = SeccompPolicy::default_policy().unwrap();
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
+        for notify in [true, false] {
+            policy.set_notify(notify);
+            let report = if policy.notifies() {
+                libc::SECCOMP_RET_USER_NOTIF
+            } else {
+                kill
+            };
+            let program = policy.program();
+            assert!(program.len() < 700, "{} instructions", program.len());
+            let conditional = ["clone", "socket", "ioctl", "personality"];
+            for nr in 0..1024u32 {
+                let answer = evaluate(program, nr, NATIVE_AUDIT_ARCH, [0; 6]);
+                let name = syscall_name(i64::from(nr));
+                let expected = match name {
+                    Some(n) if policy.reported().iter().any(|r| r == n) => report,
+                    Some("clone3") => enosys,
+                    Some(n) if conditional.contains(&n) => answer,
+                    Some(n) if policy.allowed().iter().any(|a| a == n) => allow,
+                    _ => eperm,
+                };
+                assert_eq!(answer, expected, "syscall {nr} ({name:?}), notify {notify}");
+                // Another ABI, or the x32 bit, is killed whatever the number.
+                assert_eq!(evaluate(program, nr, 0x4000_0003, [0; 6]), kill);
+                if cfg!(target_arch = "x86_64") {
+                    let x32 = nr | X32_SYSCALL_BIT as u32;
+                    assert_eq!(evaluate(program, x32, NATIVE_AUDIT_ARCH, [0; 6]), kill);
+                }
+            }
+            // Far above the table: refused, not allowed.
+            assert_eq!(evaluate(program, 100_000, NATIVE_AUDIT_ARCH, [0; 6]), eperm);
+            // The argument rules still decide their syscalls.
+            let nr = |name| syscall_number(name).unwrap() as u32;
+            let sigchld = libc::SIGCHLD as u64;
+            let clone_newuser = [libc::CLONE_NEWUSER as u64 | sigchld, 0, 0, 0, 0, 0];
+            assert_eq!(
+                evaluate(
+                    program,
+                    nr("clone"),
+                    NATIVE_AUDIT_ARCH,
+                    [sigchld, 0, 0, 0, 0, 0]
+                ),
+                allow
+            );
+            assert_eq!(
+                evaluate(program, nr("clone"), NATIVE_AUDIT_ARCH, clone_newuser),
+                eperm
+            );
+            let socket = |domain: i32, kind: i32| {
+                evaluate(
+                    program,
+                    nr("socket"),
+                    NATIVE_AUDIT_ARCH,
+                    [domain as u64, kind as u64, 0, 0, 0, 0],
+                )
+            };
+            assert_eq!(socket(libc::AF_INET, libc::SOCK_STREAM), allow);
+            assert_eq!(socket(libc::AF_UNIX, libc::SOCK_DGRAM), allow);
+            assert_eq!(socket(libc::AF_PACKET, libc::SOCK_RAW), eperm);
+            assert_eq!(socket(libc::AF_VSOCK, libc::SOCK_STREAM), eperm);
+            assert_eq!(socket(libc::AF_INET, libc::SOCK_RAW), eperm);
+            let ioctl = |request: u64| {
+                evaluate(
+                    program,
+                    nr("ioctl"),
+                    NATIVE_AUDIT_ARCH,
+                    [0, request, 0, 0, 0, 0],
+                )
+            };
+            assert_eq!(ioctl(libc::TIOCSTI), eperm);
+            assert_eq!(ioctl(libc::FIONREAD), allow);
+            let personality = |p: u64| {
+                evaluate(
+                    program,
+                    nr("personality"),
+                    NATIVE_AUDIT_ARCH,
+                    [p, 0, 0, 0, 0, 0],
+                )
+            };
+            assert_eq!(personality(0), allow);
+            assert_eq!(personality(0xffff_ffff), allow);
+            assert_eq!(personality(0x0040_0000), eperm); // READ_IMPLIES_EXEC
+        }
+        assert_eq!(policy.summary().filters, 1);
     }
 
     #[test]

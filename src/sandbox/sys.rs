@@ -117,6 +117,50 @@ fn clone_fallback(ns_flags: u64) -> SysResult<Cloned> {
     Ok(Cloned::Parent { pid, pidfd })
 }
 
+/// The `RESOLVE_*` flags collection uses: stay beneath the directory fd, follow no symlink
+/// (nor a /proc magic link), never cross into another mount.
+pub const RESOLVE_STRICT: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// openat2(2) relative to `dirfd` with `RESOLVE_*` flags; `O_CLOEXEC` is added.
+pub fn openat2(dirfd: RawFd, path: &CStr, flags: libc::c_int, resolve: u64) -> SysResult<OwnedFd> {
+    // SAFETY: open_how is plain old data; zeroed is valid (the kernel requires unused fields 0).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: `how` is a valid open_how of the size passed and `path` is NUL-terminated; both
+    // outlive the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fcntl(F_DUPFD_CLOEXEC): a new fd, owned by the caller, for the same open file as `fd`.
+pub fn dup_cloexec(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: plain fcntl on an integer; an invalid fd is EBADF.
+    let new = check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// ioctl(NS_GET_NSTYPE) on a namespace fd: its `CLONE_NEW*` type (ioctl_ns(2)).
+pub fn namespace_type(fd: RawFd) -> SysResult<libc::c_int> {
+    // _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    check_int(unsafe { libc::ioctl(fd, NS_GET_NSTYPE) })
+}
+
 /// pidfd_open(2).
 pub fn pidfd_open(pid: libc::pid_t) -> SysResult<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.
@@ -201,6 +245,8 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// MOUNT_ATTR_NODEV.
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// MOUNT_ATTR_NOEXEC.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// mount_setattr(2) on `path`, recursively or not. Only sets flags, so locked flags of a
 /// mount inherited from a more privileged namespace are left as they are.
@@ -244,6 +290,13 @@ pub fn umount2(target: &CStr, flags: libc::c_int) -> SysResult<()> {
 pub fn mkdir(path: &CStr, mode: libc::mode_t) -> SysResult<()> {
     // SAFETY: NUL-terminated path.
     check_int(unsafe { libc::mkdir(path.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// chmod(2).
+pub fn chmod(path: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check_int(unsafe { libc::chmod(path.as_ptr(), mode) })?;
     Ok(())
 }
 
@@ -291,6 +344,14 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Write `data` to an existing file (a /proc control file).
+pub fn write_file(path: &CStr, data: &[u8]) -> SysResult<()> {
+    let fd = open(path, libc::O_WRONLY, 0)?;
+    let result = write_all(fd, data);
+    close(fd);
+    result
 }
 
 /// Copy `len` bytes from `src` (read from offset 0) to `dst` with sendfile(2).
@@ -489,20 +550,75 @@ pub fn loopback_up() -> SysResult<()> {
     result.map(drop)
 }
 
-/// fork(2) through glibc (runs no atfork handlers of ours; the caller is single-threaded).
+/// fork(2) through glibc. The caller must be single-threaded (the launcher, checked).
 pub fn fork() -> SysResult<libc::pid_t> {
-    // SAFETY: called in the single-threaded sandbox child only.
+    // SAFETY: called only from the single-threaded launcher (its thread count is checked
+    // first); the child runs kakoi's own code and exits with `exit`.
     check_int(unsafe { libc::fork() })
 }
 
-/// execve(2); returns only on failure.
-pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+/// posix_spawn(3): start `program` with an empty signal mask and the dispositions of
+/// `defaults` reset to `SIG_DFL` (an ignored signal would stay ignored across exec). glibc
+/// uses `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own: nothing of the caller's memory
+/// is copied, and the call returns once the program was exec'd, or with the exec's errno (the
+/// failed child is reaped by glibc).
+pub fn spawn(
+    program: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    defaults: &SigSet,
+) -> SysResult<libc::pid_t> {
     debug_assert!(argv.last().is_some_and(|p| p.is_null()));
     debug_assert!(envp.last().is_some_and(|p| p.is_null()));
-    // SAFETY: argv and envp are null-terminated arrays of pointers to NUL-terminated strings
-    // that the prepared spec keeps alive.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Errno::last()
+    let empty = SigSet::of(&[]);
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: posix_spawnattr_t is plain data that posix_spawnattr_init initialises (glibc
+    // allocates nothing for it); every pointer passed lives across the calls; argv and envp are
+    // null-terminated arrays of NUL-terminated strings kept alive by the prepared plan.
+    let rc = unsafe {
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawnattr_init(&mut attr);
+        libc::posix_spawnattr_setsigmask(&mut attr, &empty.0);
+        libc::posix_spawnattr_setsigdefault(&mut attr, &defaults.0);
+        libc::posix_spawnattr_setflags(
+            &mut attr,
+            (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        );
+        let rc = libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            std::ptr::null(),
+            &attr,
+            argv.as_ptr().cast(),
+            envp.as_ptr().cast(),
+        );
+        libc::posix_spawnattr_destroy(&mut attr);
+        rc
+    };
+    if rc != 0 {
+        return Err(Errno::from_raw(rc));
+    }
+    Ok(pid)
+}
+
+/// Signals to reset to `SIG_DFL` for a spawned program: those whose disposition is `SIG_IGN`
+/// in this process (they would stay ignored across exec), and glibc's internal real-time
+/// signals below `SIGRTMIN`, which `posix_spawn` would otherwise leave ignored.
+pub fn ignored_signals() -> Vec<libc::c_int> {
+    // The kernel's first real-time signal is 32; glibc keeps those below its SIGRTMIN.
+    let internal = 32..libc::SIGRTMIN();
+    (1..libc::SIGRTMAX())
+        .filter(|&sig| {
+            if internal.contains(&sig) {
+                return true;
+            }
+            // SAFETY: sigaction with a null new action only reads the current one into `old`.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; `old` lives across the call.
+            let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+            rc == 0 && old.sa_sigaction == libc::SIG_IGN
+        })
+        .collect()
 }
 
 /// _exit(2): leave without running destructors or atexit handlers.
@@ -514,16 +630,32 @@ pub fn exit(code: libc::c_int) -> ! {
 /// A signal set as sigprocmask and sigwaitinfo take it.
 pub struct SigSet(libc::sigset_t);
 
+// `SigSet::of` writes the kernel's bit layout into the first 64-bit word.
+const _: () = assert!(cfg!(target_endian = "little") && cfg!(target_pointer_width = "64"));
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigSet")
+    }
+}
+
 impl SigSet {
-    /// A set holding `signals`.
+    /// A set holding `signals` (1..=64). Bits are set directly, as the kernel reads them (bit
+    /// `sig - 1`), because glibc's sigaddset refuses its internal signals, which a set for
+    /// posix_spawn's `SETSIGDEF` must be able to hold.
     pub fn of(signals: &[libc::c_int]) -> SigSet {
-        // SAFETY: sigemptyset initialises the set; sigaddset with valid signals.
+        let mut word: u64 = 0;
+        for &sig in signals {
+            if (1..=64).contains(&sig) {
+                word |= 1 << (sig - 1);
+            }
+        }
+        // SAFETY: sigset_t is plain data at least 8 bytes long, aligned for u64 (it is an
+        // array of unsigned long); an all-zero set is empty, and its first word holds signals
+        // 1..=64 on every Linux ABI kakoi builds for (64-bit, little-endian).
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for &sig in signals {
-                libc::sigaddset(&mut set, sig);
-            }
+            std::ptr::write((&mut set as *mut libc::sigset_t).cast::<u64>(), word);
             SigSet(set)
         }
     }
@@ -637,14 +769,6 @@ pub fn recv_packet(sock: RawFd, buf: &mut [u8]) -> SysResult<(usize, Option<Owne
         }
     }
     Ok((n, fd))
-}
-
-/// pipe2(O_CLOEXEC): (read end, write end) as raw fds, for the child (no `OwnedFd` drops).
-pub fn pipe_raw() -> SysResult<(RawFd, RawFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds.
-    check_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok((fds[0], fds[1]))
 }
 
 /// prctl(PR_SET_DUMPABLE, 0): /proc/<pid> files become root-owned and ptrace is refused.

@@ -255,11 +255,17 @@ pub fn run_cgroups_of(pids: &BTreeSet<u32>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Lines of this process's mountinfo (the host mount namespace).
+/// The pool of pre-made network namespaces (`src/sandbox/netns.rs`): persistent by design
+/// (one nsfs mount and one lock file per slot), so leftover counts leave it out.
+pub const NETNS_POOL: &str = "/run/kakoi/netns-v1";
+
+/// Lines of this process's mountinfo (the host mount namespace), without the persistent
+/// network namespace pool.
 pub fn host_mounts() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
+        .filter(|l| !l.contains(NETNS_POOL))
         .map(|l| {
             // Drop the mount id and parent id, which change on remounts elsewhere.
             l.split_whitespace().skip(2).collect::<Vec<_>>().join(" ")
@@ -331,7 +337,10 @@ pub fn leftovers() -> Leftovers {
         sandbox_processes: sandbox_processes().len(),
         run_cgroups: run_cgroups().len(),
         mounts: host_mounts(),
-        runtime_entries: tree(Path::new("/run/kakoi"), 3),
+        runtime_entries: tree(Path::new("/run/kakoi"), 3)
+            .into_iter()
+            .filter(|p| !p.starts_with(NETNS_POOL))
+            .collect(),
         tmp_entries: tmp_kakoi_entries(),
         fds: open_fds(),
     }

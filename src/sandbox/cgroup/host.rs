@@ -65,6 +65,8 @@ pub struct CgroupMount {
     pub controllers: Vec<String>,
     /// Whether this process may create cgroups at the mount point.
     pub writable: bool,
+    /// Mounted with `favordynmods` (cheap migrations host-wide; see [`enable_favordynmods`]).
+    pub favordynmods: bool,
 }
 
 /// The host's cgroup setup as `kakoi doctor` reports it; computed without creating anything.
@@ -401,6 +403,70 @@ fn v2_root_controllers(mount_point: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Name of kakoi's own cgroup v1 hierarchy that carries `favordynmods`, and its directory
+/// under the runtime directory.
+pub const FAVORDYNMODS_NAME: &str = "kakoi-favordynmods";
+
+/// What [`enable_favordynmods`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FavorDynmods {
+    /// A cgroup mount already has `favordynmods` (the setting is host-wide).
+    AlreadyOn(PathBuf),
+    /// kakoi mounted its own named v1 hierarchy with `favordynmods` here.
+    Enabled(PathBuf),
+}
+
+/// The operator's opt-in for fast cgroup v1 attaches (`kakoi doctor --enable-favordynmods`).
+///
+/// Moving a process into a cgroup takes the global `cgroup_threadgroup_rwsem` for writing;
+/// unless a hierarchy is mounted with `favordynmods`, that waits for an RCU grace period
+/// (`rcu_sync_enter`: milliseconds, tens under load) on every run. `favordynmods` keeps the
+/// lock in its writer-friendly state (on 6.18, a per-threadgroup lock), making migrations
+/// cheap and fork/exit slightly dearer, for the whole host; on 6.18 it cannot be turned off
+/// again without a reboot. cgroup v1 refuses to change mount flags on remount, so kakoi
+/// mounts a hierarchy of its own (`none,name=kakoi-favordynmods`, no controllers) under
+/// `<runtime_dir>/kakoi-favordynmods`; the host's own mounts are left alone. Never called
+/// implicitly: a host-wide switch is the operator's decision.
+pub fn enable_favordynmods(runtime_dir: &Path) -> Result<FavorDynmods, CgroupError> {
+    let mountinfo = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(mountinfo).map_err(|source| CgroupError::Read {
+        path: mountinfo.to_owned(),
+        source,
+    })?;
+    enable_favordynmods_with(&text, &runtime_dir.join(FAVORDYNMODS_NAME), |dir| {
+        std::fs::create_dir_all(dir)?;
+        nix::mount::mount(
+            Some(FAVORDYNMODS_NAME),
+            dir,
+            Some("cgroup"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(format!("none,name={FAVORDYNMODS_NAME},favordynmods").as_str()),
+        )
+        .map_err(std::io::Error::from)
+    })
+}
+
+pub(crate) fn enable_favordynmods_with(
+    mountinfo: &str,
+    dir: &Path,
+    mount: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<FavorDynmods, CgroupError> {
+    if let Some(on) = parse_mountinfo(mountinfo)
+        .into_iter()
+        .find(|m| m.favordynmods)
+    {
+        return Ok(FavorDynmods::AlreadyOn(on.mount_point));
+    }
+    mount(dir).map_err(|source| CgroupError::Write {
+        path: dir.to_owned(),
+        value: format!("mount -t cgroup -o none,name={FAVORDYNMODS_NAME},favordynmods"),
+        source,
+    })?;
+    Ok(FavorDynmods::Enabled(dir.to_owned()))
+}
+
 /// The cgroup mounts in a mountinfo text (proc(5)): `id parent major:minor root mount-point
 /// options [optional fields] - fstype source super-options`. v2 controllers are left empty
 /// (they live in the filesystem, not in mountinfo); `writable` is false.
@@ -433,6 +499,9 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
             root: unescape(fields[3]),
             controllers,
             writable: false,
+            favordynmods: fields[separator + 3]
+                .split(',')
+                .any(|option| option == "favordynmods"),
         });
     }
     mounts
@@ -524,6 +593,31 @@ mod tests {
             ],
             "hugetlb\n",
         )
+    }
+
+    #[test]
+    fn favordynmods_is_enabled_once_and_only_when_asked() {
+        let dir = Path::new("/run/kakoi/kakoi-favordynmods");
+        let plain = "30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n";
+        let mut mounted = Vec::new();
+        let done = enable_favordynmods_with(plain, dir, |d| {
+            mounted.push(d.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(done, FavorDynmods::Enabled(dir.to_owned()));
+        assert_eq!(mounted, [dir.to_owned()]);
+        let on = format!(
+            "{plain}60 27 0:50 / {} rw,relatime - cgroup kakoi-favordynmods rw,none,name=kakoi-favordynmods,favordynmods\n",
+            dir.display()
+        );
+        let again = enable_favordynmods_with(&on, dir, |_| panic!("mounted twice")).unwrap();
+        assert_eq!(again, FavorDynmods::AlreadyOn(dir.to_owned()));
+        let refused = enable_favordynmods_with(plain, dir, |_| {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        })
+        .unwrap_err();
+        assert!(refused.to_string().contains("favordynmods"), "{refused}");
     }
 
     #[test]

@@ -18,7 +18,10 @@ mod host;
 pub mod v1;
 pub mod v2;
 
-pub use host::{CgroupMount, DetectOptions, HostCgroupInfo, describe_host, detect};
+pub use host::{
+    CgroupMount, DetectOptions, FAVORDYNMODS_NAME, FavorDynmods, HostCgroupInfo, describe_host,
+    detect, enable_favordynmods,
+};
 pub use v1::V1Driver;
 pub use v2::V2Driver;
 
@@ -121,6 +124,13 @@ pub trait CgroupDriver: Send + Sync + std::fmt::Debug {
     fn controllers(&self) -> Vec<String>;
     /// Create the cgroup of one run with its limits applied.
     fn create(&self, limits: &CgroupLimits) -> Result<Box<dyn RunCgroup>, CgroupError>;
+    /// A handle to the next run's cgroup without creating it, for a cgroup another process
+    /// creates (`RunCgroup::create_planned`; the pre-warmed stub, v1). `None` where the
+    /// driver does not support it. Removing the handle's cgroup works whether or not it was
+    /// created.
+    fn plan(&self) -> Option<Result<Box<dyn RunCgroup>, CgroupError>> {
+        None
+    }
     /// Kill and remove cgroups left by kakoi processes that no longer exist; returns how many.
     fn cleanup_stale(&self) -> Result<usize, CgroupError>;
 }
@@ -131,6 +141,15 @@ pub trait RunCgroup: Send + std::fmt::Debug {
     fn clone_into_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Move a process into this cgroup (every hierarchy on v1).
     fn attach(&self, pid: i32) -> Result<(), CgroupError>;
+    /// Write new limits (for a cgroup created ahead of its run; see `SandboxConfig::prewarm`).
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Create the directories of a handle from [`CgroupDriver::plan`] and write `limits`.
+    fn create_planned(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let _ = limits;
+        Err(CgroupError::Unavailable {
+            reason: "this cgroup driver creates run cgroups only with create()".into(),
+        })
+    }
     /// Read the accounting; missing files give `None` fields, never an error.
     fn stats(&self) -> CgroupStats;
     /// SIGKILL every process in the cgroup (v2 `cgroup.kill`, else a loop over `cgroup.procs`).
@@ -139,6 +158,36 @@ pub trait RunCgroup: Send + std::fmt::Debug {
     fn destroy(self: Box<Self>) -> Result<(), CgroupError>;
     /// Human-readable path (for diagnostics and the result's `isolation` object).
     fn path(&self) -> String;
+}
+
+/// How a new sandbox enters its run cgroup.
+#[derive(Debug, Clone, Copy)]
+pub enum CgroupEntry<'a> {
+    /// Born in it: `clone3(CLONE_INTO_CGROUP)` with this directory fd (v2). No migration, so
+    /// no wait on the cgroup threadgroup lock, and every limit holds from the first
+    /// instruction.
+    CloneInto(BorrowedFd<'a>),
+    /// Moved in by the launcher after clone, while the child builds its root and before it is
+    /// released to exec (v1, which has no `CLONE_INTO_CGROUP`).
+    Migrate,
+}
+
+impl CgroupEntry<'_> {
+    /// `clone_into` or `migrate`, for `isolation.cgroup.attach`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CgroupEntry::CloneInto(_) => "clone_into",
+            CgroupEntry::Migrate => "migrate",
+        }
+    }
+}
+
+/// How a sandbox enters `run`.
+pub fn entry(run: &dyn RunCgroup) -> CgroupEntry<'_> {
+    match run.clone_into_fd() {
+        Some(fd) => CgroupEntry::CloneInto(fd),
+        None => CgroupEntry::Migrate,
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +205,59 @@ mod tests {
             panic!("KAKOI_TEST_REQUIRE has {capability} but: {reason}");
         }
         eprintln!("SKIP: {reason}");
+    }
+
+    /// The v2 path: the sandbox is cloned straight into the run directory (the fd handed to
+    /// clone3 is that directory) and nothing writes `cgroup.procs`; v1 migrates.
+    #[test]
+    fn v2_clones_into_the_run_directory_and_v1_migrates() {
+        use std::os::unix::fs::MetadataExt;
+        let host = tempfile::tempdir().unwrap();
+        let top = host.path();
+        std::fs::write(top.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(top.join("cgroup.subtree_control"), "").unwrap();
+        std::fs::write(top.join("cgroup.procs"), "").unwrap();
+        for file in ["memory.max", "memory.swap.max", "pids.max", "cpu.max"] {
+            std::fs::write(top.join(file), "max\n").unwrap();
+        }
+        let base = top.join("kakoi");
+        let driver = V2Driver::with_fs(top, &base, Path::new("/proc"), CgroupFs::FAKE).unwrap();
+        let limits = CgroupLimits {
+            memory_bytes: 64 << 20,
+            pids: 8,
+            cpu_millicores: 1000,
+        };
+        let run = driver.create(&limits).unwrap();
+        let dir = std::path::PathBuf::from(run.path());
+        match entry(run.as_ref()) {
+            CgroupEntry::CloneInto(fd) => {
+                let by_fd = nix::sys::stat::fstat(fd).unwrap();
+                let by_path = std::fs::metadata(&dir).unwrap();
+                assert_eq!((by_fd.st_dev, by_fd.st_ino), (by_path.dev(), by_path.ino()));
+                assert_eq!(entry(run.as_ref()).name(), "clone_into");
+            }
+            CgroupEntry::Migrate => panic!("v2 must clone into the cgroup"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+            ""
+        );
+        run.destroy().unwrap();
+
+        let mut mounts = BTreeMap::new();
+        for hierarchy in ["memory", "pids"] {
+            let mount = host.path().join("v1").join(hierarchy);
+            std::fs::create_dir_all(&mount).unwrap();
+            std::fs::write(mount.join("cgroup.procs"), "").unwrap();
+            mounts.insert(hierarchy.to_owned(), mount);
+        }
+        std::fs::write(host.path().join("v1/memory/memory.limit_in_bytes"), "0").unwrap();
+        std::fs::write(host.path().join("v1/memory/memory.swappiness"), "60").unwrap();
+        std::fs::write(host.path().join("v1/pids/pids.max"), "max").unwrap();
+        let v1 = V1Driver::with_fs(&mounts, "kakoi", Path::new("/proc"), CgroupFs::FAKE).unwrap();
+        let run = v1.create(&limits).unwrap();
+        assert!(matches!(entry(run.as_ref()), CgroupEntry::Migrate));
+        run.destroy().unwrap();
     }
 
     #[test]

@@ -138,6 +138,26 @@ impl CgroupDriver for V1Driver {
     fn cleanup_stale(&self) -> Result<usize, CgroupError> {
         control::cleanup_stale_runs(self.fs, &self.bases(), &self.proc_root)
     }
+
+    fn plan(&self) -> Option<Result<Box<dyn RunCgroup>, CgroupError>> {
+        let name = match control::next_run_name() {
+            Ok(name) => name,
+            Err(e) => return Some(Err(e)),
+        };
+        let dirs = self
+            .hierarchies
+            .iter()
+            .map(|hierarchy| RunDir {
+                path: hierarchy.base.join(&name),
+                controllers: hierarchy.controllers.clone(),
+            })
+            .collect();
+        Some(Ok(Box::new(V1Run {
+            dirs,
+            fs: self.fs,
+            destroyed: false,
+        })))
+    }
 }
 
 /// One run directory and the controllers of its hierarchy.
@@ -233,6 +253,20 @@ impl RunCgroup for V1Run {
             write_control(&dir.path.join("cgroup.procs"), &pid)?;
         }
         Ok(())
+    }
+
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.apply(limits)
+    }
+
+    fn create_planned(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            (self.fs.mkdir)(&dir.path).map_err(|source| CgroupError::Create {
+                path: dir.path.clone(),
+                source,
+            })?;
+        }
+        self.apply(limits)
     }
 
     fn stats(&self) -> CgroupStats {
@@ -421,6 +455,27 @@ mod tests {
         run.destroy().unwrap();
         assert!(!memory.exists() && !pids.exists() && !cpu.exists());
         assert!(host.root.join("memory/kakoi").is_dir());
+    }
+
+    #[test]
+    fn a_planned_cgroup_is_created_later_and_removed_either_way() {
+        let host = fake_v1(true, false);
+        let driver = driver(&host);
+        let planned = driver.plan().unwrap().unwrap();
+        let memory = PathBuf::from(planned.path());
+        assert!(!memory.exists(), "plan() creates nothing");
+        planned.create_planned(&LIMITS).unwrap();
+        assert_eq!(read(memory.join("memory.limit_in_bytes")), "268435456");
+        assert!(
+            host.root
+                .join("pids/kakoi")
+                .join(memory.file_name().unwrap())
+                .is_dir()
+        );
+        planned.destroy().unwrap();
+        assert!(!memory.exists());
+        // A plan nobody created is removed without error.
+        driver.plan().unwrap().unwrap().destroy().unwrap();
     }
 
     #[test]

@@ -117,10 +117,6 @@ impl V2Driver {
     pub fn base(&self) -> &Path {
         &self.base
     }
-
-    fn has(&self, controller: &str) -> bool {
-        self.controllers.iter().any(|c| c == controller)
-    }
 }
 
 /// Add the controllers missing from `dir/cgroup.subtree_control`.
@@ -183,24 +179,9 @@ impl CgroupDriver for V2Driver {
             fd,
             fs: self.fs,
             destroyed: false,
+            controllers: self.controllers.clone(),
         };
-        if self.has("memory") {
-            write_control(
-                &run.dir.join("memory.max"),
-                &limits.memory_bytes.to_string(),
-            )?;
-            let swap = run.dir.join("memory.swap.max");
-            // Absent when the kernel has no swap accounting.
-            if swap.exists() {
-                write_control(&swap, "0")?;
-            }
-        }
-        if self.has("pids") {
-            write_control(&run.dir.join("pids.max"), &limits.pids.to_string())?;
-        }
-        if self.has("cpu") {
-            write_control(&run.dir.join("cpu.max"), &cpu_max(limits.cpu_millicores))?;
-        }
+        run.apply(limits)?;
         Ok(Box::new(run))
     }
 
@@ -216,9 +197,32 @@ pub struct V2Run {
     fd: OwnedFd,
     fs: CgroupFs,
     destroyed: bool,
+    controllers: Vec<String>,
 }
 
 impl V2Run {
+    fn apply(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let has = |c: &str| self.controllers.iter().any(|x| x == c);
+        if has("memory") {
+            write_control(
+                &self.dir.join("memory.max"),
+                &limits.memory_bytes.to_string(),
+            )?;
+            let swap = self.dir.join("memory.swap.max");
+            // Absent when the kernel has no swap accounting.
+            if swap.exists() {
+                write_control(&swap, "0")?;
+            }
+        }
+        if has("pids") {
+            write_control(&self.dir.join("pids.max"), &limits.pids.to_string())?;
+        }
+        if has("cpu") {
+            write_control(&self.dir.join("cpu.max"), &cpu_max(limits.cpu_millicores))?;
+        }
+        Ok(())
+    }
+
     fn remove(&mut self) -> Result<(), CgroupError> {
         self.destroyed = true;
         self.kill_all()?;
@@ -233,6 +237,10 @@ impl RunCgroup for V2Run {
 
     fn attach(&self, pid: i32) -> Result<(), CgroupError> {
         write_control(&self.dir.join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.apply(limits)
     }
 
     fn stats(&self) -> CgroupStats {
