@@ -245,10 +245,12 @@ fn proc_self_exe_for_writing() {
     }
 }
 
-/// Signals to processes outside: every pid up to pid_max is probed with kill(pid, 0), host
-/// pids (the test's own and a canary's) get SIGKILL, pidfd_open and tgkill; kill(-1) and
-/// signals to the init. Layers: the pid namespace (ESRCH), Landlock signal scoping, and the
-/// kernel's protection of a namespace's init against SIGKILL/SIGSTOP from inside.
+/// Signals to processes outside: every pid up to pid_max is probed with kill(pid, 0); the
+/// launcher's host pid (handed in through a file once the run started), the test's own pid
+/// and a host canary get kill(0), SIGKILL, pidfd_open and tgkill; then kill(-1) and signals
+/// to the init. Layers: the pid namespace (ESRCH: nothing outside has a pid inside), Landlock
+/// signal scoping, and the kernel's protection of a namespace's init against SIGKILL/SIGSTOP
+/// from inside.
 #[test]
 fn signals_to_processes_outside() {
     gate!();
@@ -259,17 +261,26 @@ fn signals_to_processes_outside() {
         .unwrap();
     let me = std::process::id().to_string();
     let canary_pid = canary.id().to_string();
-    let a = c(
-        "signals outside",
-        &["--timeout", "30"],
-        &["kill", &me, &canary_pid],
+    let sync = Sync::new();
+    let script = format!(
+        "while [ ! -e /sync/launcher ]; do sleep 0.01; done; \
+         exec {} kill $(cat /sync/launcher) {me} {canary_pid}",
+        attack::ATTACKS
     );
+    let pending = attack::spawn(
+        "signals outside",
+        &["--bind-rw", &sync.flag, "--timeout", "30"],
+        &["sh", "-c", &script],
+    );
+    let launcher = pending.launcher().to_string();
+    sync.write("launcher", &launcher);
+    let a = pending.finish();
     let alive = canary.try_wait().unwrap().is_none();
     let _ = canary.kill();
     let _ = canary.wait();
     assert!(alive, "the host canary was killed from the sandbox");
     a.expect_status(Status::Ok);
-    for pid in [&me, &canary_pid] {
+    for pid in [&launcher, &me, &canary_pid] {
         for what in ["kill0", "killKILL", "pidfd_open", "tgkill"] {
             a.expect_errno(&format!("{what}_{pid}"), &["ESRCH"]);
         }
@@ -1099,6 +1110,41 @@ fn sparse_huge_files() {
     assert_eq!(b.result.signal, Some(libc::SIGXFSZ), "{}", b.dump());
 }
 
+/// snekbox: a POSIX shared-memory object larger than what /dev/shm has left is created sparse,
+/// and writing into it faults; one larger than RLIMIT_FSIZE is refused at ftruncate.
+/// Layers: the /dev/shm tmpfs size (SIGBUS) and RLIMIT_FSIZE (EFBIG). Status: signaled.
+#[test]
+fn shared_memory_larger_than_dev_shm() {
+    gate!();
+    let a = py(
+        "shm beyond /dev/shm",
+        &["--tmp-size", "16M", "--memory", "256M"],
+        &["shm-beyond-mount", "10"],
+    );
+    a.expect_errno("create_beyond_fsize", &["EFBIG"]);
+    a.expect("created", "10485760");
+    a.expect_status(Status::Signaled);
+    assert_eq!(a.result.signal, Some(libc::SIGBUS), "{}", a.dump());
+    assert!(a.find("filled").is_none(), "{}", a.dump());
+}
+
+/// snekbox: two children allocate 40 MiB each under a 64 MiB limit for the whole run: the
+/// cgroup's OOM killer takes one of them (the limit is per run, not per process), the parent
+/// sees -9, and the result says oom. Layer: cgroup memory.
+#[test]
+fn children_share_one_memory_limit() {
+    gate!();
+    let a = py(
+        "two hungry children",
+        &["--memory", "64M"],
+        &["children-hog", "40"],
+    );
+    a.expect_status(Status::Oom);
+    assert!(a.result.oom_killed);
+    let codes = a.get("exitcodes");
+    assert!(codes.split(',').any(|c| c == "-9"), "{}", a.dump());
+}
+
 /// Files written in one run do not exist in the next (Piston's file_persistance): /tmp,
 /// /dev/shm and /work are fresh tmpfs per run; /var/tmp and /run/lock do not exist.
 #[test]
@@ -1424,6 +1470,58 @@ fn abstract_unix_sockets_between_sandboxes() {
     }
 }
 
+/// With `--network host` the sandbox shares the host's network namespace, so abstract unix
+/// sockets of the host and of other host-network runs are reachable by name: Landlock's
+/// abstract-socket scoping (ABI 6) is then the only layer, and it must refuse (EPERM). A
+/// control run with `--landlock off` shows the connection would otherwise go through.
+#[test]
+fn abstract_unix_sockets_under_host_network_rely_on_landlock_scoping() {
+    gate!();
+    let host_net = ["--network", "host", "--i-understand-host-network"];
+    let servers = HostServers::start();
+    let name = servers.abstract_name.clone();
+    let a = py(
+        "abstract to host, host network",
+        &host_net,
+        &["abstract-connect", &name],
+    );
+    a.expect_status(Status::Ok);
+    a.expect_errno("abstract_connect", &["EPERM"]);
+    servers.assert_untouched("host network with landlock");
+
+    // Control: without Landlock the same call reaches the host's socket.
+    let mut flags = host_net.to_vec();
+    flags.extend_from_slice(&["--landlock", "off"]);
+    let b = py(
+        "abstract to host, no landlock",
+        &flags,
+        &["abstract-connect", &name],
+    );
+    b.expect_ok("abstract_connect");
+    let (mut conn, _) = servers
+        .unix
+        .accept()
+        .expect("the control connection did not arrive");
+    let mut got = String::new();
+    let _ = conn.read_to_string(&mut got);
+    assert_eq!(got, "crossed");
+
+    // Two host-network sandboxes: the second cannot reach the first one's socket.
+    let name = common::unique("escape-abstract-hostnet");
+    let (held, probe) = overlap(
+        "abstract unix, host network",
+        &host_net,
+        &["abstract-listen", &name, "/sync"],
+        &host_net,
+        &["abstract-connect", &name],
+    );
+    held.expect_ok("abstract_bind");
+    held.expect("accepted", "none");
+    held.expect("dgram_received", "none");
+    probe.expect_errno("abstract_connect", &["EPERM"]);
+    probe.expect_errno("abstract_dgram_send", &["EPERM"]);
+}
+
 /// UDP on 127.0.0.1 between two concurrent sandboxes. Layer: each run's own network namespace
 /// (Landlock does not govern UDP).
 #[test]
@@ -1608,15 +1706,19 @@ fn input_files_swapped_for_symlinks() {
 const OUTPUT_FILES_FLAG: Option<&str> = None;
 
 fn returned_files_run(name: &str, args: &[&str]) -> Option<Attack> {
-    let flag = OUTPUT_FILES_FLAG.or(option_env!("KAKOI_ESCAPE_OUTPUT_FLAG"));
+    let flag = OUTPUT_FILES_FLAG
+        .map(str::to_owned)
+        .or_else(|| std::env::var("KAKOI_ESCAPE_OUTPUT_FLAG").ok());
     if !common::require(
         "files",
         flag.is_some(),
-        "output-file collection is not in the CLI yet (set OUTPUT_FILES_FLAG in tests/escape.rs)",
+        "output-file collection is not in the CLI yet (set OUTPUT_FILES_FLAG in tests/escape.rs \
+         or KAKOI_ESCAPE_OUTPUT_FLAG)",
     ) {
         return None;
     }
-    Some(py(name, &[flag.unwrap(), "--timeout", "20"], args))
+    let flag = flag.unwrap();
+    Some(py(name, &[flag.as_str(), "--timeout", "20"], args))
 }
 
 /// Symlinks, hardlinks, FIFOs, sockets, sparse and deep and many files, odd names, and a

@@ -402,6 +402,13 @@ impl Sync {
         }
     }
 
+    /// Write `name` with `content` (for the sandbox to read).
+    pub fn write(&self, name: &str, content: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+    }
+
     /// Tell the sandbox to finish.
     pub fn done(&self) {
         std::fs::write(self.dir.path().join("done"), "").unwrap();
