@@ -1699,6 +1699,59 @@ fn input_files_swapped_for_symlinks() {
     assert_eq!(std::fs::read_to_string(&input).unwrap(), "input");
 }
 
+/// A writable bind is a host directory the runner (and later the environment builder, which
+/// installs packages through one) reads after the run. The payload plants symlinks, tries
+/// hardlinks to host files, device nodes, setuid/setgid files and chown. On the host afterwards
+/// every entry belongs to the run's unprivileged host uid, there is no device node and no
+/// hardlink to a host file; symlinks and set-id bits owned by that uid remain, so whatever
+/// reads such a directory must not follow links or trust modes. Layers: the mount (EXDEV for
+/// links across mounts, nodev), no CAP_MKNOD/CAP_CHOWN, the id mapping.
+#[test]
+fn writable_bind_traps_left_on_the_host() {
+    gate!();
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    let dir = common::scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bind = format!("{}:/rw", dir.path().display());
+    let a = py(
+        "writable bind traps",
+        &["--bind-rw", &bind],
+        &["rw-bind-plant", "/rw"],
+    );
+    a.expect_status(Status::Ok);
+    a.expect_ok("symlink_shadow");
+    a.expect_errno("hardlink_usr", &["EXDEV"]);
+    a.expect_errno("hardlink_passwd", &["EXDEV"]);
+    a.expect_errno("mknod_char", &["EPERM"]);
+    a.expect_errno("mknod_block", &["EPERM"]);
+    a.expect_ok("fifo");
+    a.expect_errno("chown_root", &["EPERM", "EINVAL"]);
+    a.expect_errno("chown_nobody", &["EPERM", "EINVAL"]);
+    let run_uid = common::host_uid_of_launcher(a.launcher);
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let meta = entry.path().symlink_metadata().unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(meta.uid(), run_uid, "{name} is owned by uid {}", meta.uid());
+        assert!(
+            meta.gid() >= common::HOST_ID_BASE,
+            "{name} has gid {}",
+            meta.gid()
+        );
+        let ft = meta.file_type();
+        assert!(
+            !ft.is_char_device() && !ft.is_block_device(),
+            "{name} is a device node"
+        );
+        assert!(
+            ft.is_symlink() || ft.is_dir() || meta.nlink() == 1,
+            "{name} is a hardlink"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} entries");
+}
+
 /// The CLI flag that asks for the files under `out/` to be returned. Output-file collection is
 /// being added by the sandbox core; set this to its flag (e.g. `Some("--collect")`) to switch
 /// the returned-files attacks on. Until then they print SKIP (and fail when
