@@ -315,6 +315,26 @@ fn daemon_outlives_the_run() {
     );
 }
 
+/// A daemon that keeps the stdout pipe open and writes to it after the payload exited: the
+/// run still ends when the payload does (the runner does not wait for EOF on the pipe), and
+/// the daemon dies with the pid namespace. Layer: pid namespace + cgroup kill.
+#[test]
+fn daemon_holds_the_output_pipe() {
+    gate!();
+    let started = Instant::now();
+    let a = c(
+        "daemon holding stdout",
+        &["--timeout", "20"],
+        &["daemon", "keep-stdout"],
+    );
+    a.expect_status(Status::Ok);
+    assert!(a.result.stdout.contains("detached"), "{}", a.dump());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the run waited for the daemon's pipe"
+    );
+}
+
 /// Stop ourselves with SIGSTOP: the wall clock still ends the run. Layer: wall timeout +
 /// cgroup kill. Status: timeout.
 #[test]
