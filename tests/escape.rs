@@ -1640,7 +1640,7 @@ fn keyrings_through_proc() {
     a.expect("proc_key_users", "ok:empty");
 }
 
-/// KNOWN LIMITATION (documented; see the report and the README's threat model): two
+/// KNOWN LIMITATION (documented in seccomp/README.md, "What seccomp cannot do here"): two
 /// concurrent sandboxes share the inodes of the read-only toolchain, and advisory locks live
 /// on inodes, so flock(LOCK_EX) on a /usr file held by one run is seen by another (EWOULDBLOCK)
 /// — a covert channel between colluding runs. Neither seccomp (no path in the syscall) nor
