@@ -192,7 +192,24 @@ impl RunFlags {
 
     /// Create a sandbox, run the request, print the result; returns the exit code.
     pub fn run_and_report(&self, spec: RunSpec) -> anyhow::Result<i32> {
-        let config = SandboxConfig {
+        let result = self.run(&spec)?;
+        report(&result, self.json)
+    }
+
+    /// Create a sandbox and run the request.
+    pub fn run(&self, spec: &RunSpec) -> anyhow::Result<RunResult> {
+        let sandbox = Sandbox::new(self.sandbox_config())?;
+        Ok(sandbox.run_with(
+            spec,
+            RunOptions {
+                passthrough: !self.json,
+            },
+        )?)
+    }
+
+    /// The sandbox settings these flags describe.
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        SandboxConfig {
             cgroups: if self.no_cgroup {
                 CgroupMode::Off
             } else {
@@ -209,15 +226,7 @@ impl RunFlags {
                 LandlockArg::Off => None,
             },
             ..SandboxConfig::default()
-        };
-        let sandbox = Sandbox::new(config)?;
-        let result = sandbox.run_with(
-            &spec,
-            RunOptions {
-                passthrough: !self.json,
-            },
-        )?;
-        report(&result, self.json)
+        }
     }
 }
 

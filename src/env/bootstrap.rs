@@ -198,7 +198,8 @@ pub fn ensure(toolchain_dir: &Path, progress: &mut dyn Progress) -> Result<HostT
     let arch = std::env::consts::ARCH;
     let uv = pinned("uv", arch)?;
     let ruff = pinned("ruff", arch)?;
-    fsutil::create_dir(toolchain_dir, 0o755).map_err(|e| BootstrapError::Lock(Box::new(e)))?;
+    fsutil::create_dir(toolchain_dir, super::datadir::TRAVERSE_MODE)
+        .map_err(|e| BootstrapError::Lock(Box::new(e)))?;
     let _lock = fsutil::lock(&toolchain_dir.join(".bootstrap.lock"), FlockArg::LockExclusive)
         .map_err(|e| BootstrapError::Lock(Box::new(e)))?;
     if let Some(tools) = installed(toolchain_dir) {

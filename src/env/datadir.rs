@@ -101,28 +101,40 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, DataDirError> {
     }
 }
 
-/// Create the directory (mode 0700: the tree holds build caches that only kakoi's own
-/// sandboxes may write) and return its canonical path, checked to be bindable.
+/// Mode of the data directory and of the directories leading to envs: traversable but not
+/// listable by others. A sandbox's mount steps run as its mapped host uid, which must be
+/// able to reach the env, toolchain and cache directories it binds; what they contain is
+/// protected by their own modes (the uv cache is 0700, owned by the build uid).
+pub const TRAVERSE_MODE: u32 = 0o711;
+
+/// Create the directory and return its canonical path, checked to be bindable. As root, a
+/// data directory that others cannot traverse gets `o+x`/`g+x` (see [`TRAVERSE_MODE`]).
 pub fn prepare(path: &Path) -> Result<PathBuf, DataDirError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     if !path.is_absolute() {
         return Err(DataDirError::Relative { path: path.into() });
     }
+    let create = |source| DataDirError::Create {
+        path: path.into(),
+        source,
+    };
     if !path.exists() {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(TRAVERSE_MODE)
             .create(path)
-            .map_err(|source| DataDirError::Create {
-                path: path.into(),
-                source,
-            })?;
+            .map_err(create)?;
     }
-    let canonical = std::fs::canonicalize(path).map_err(|source| DataDirError::Create {
-        path: path.into(),
-        source,
-    })?;
+    let canonical = std::fs::canonicalize(path).map_err(create)?;
     check_bindable(&canonical)?;
+    let meta = std::fs::metadata(&canonical).map_err(create)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 && meta.uid() == 0 && meta.mode() & 0o011 != 0o011 {
+        let mode = (meta.mode() & 0o7777) | 0o011;
+        std::fs::set_permissions(&canonical, std::fs::Permissions::from_mode(mode))
+            .map_err(create)?;
+    }
     Ok(canonical)
 }
 

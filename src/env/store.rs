@@ -335,10 +335,16 @@ impl EnvStore {
     pub fn open(config: StoreConfig) -> Result<EnvStore, EnvError> {
         let data = datadir::prepare(&datadir::resolve(config.data_dir.as_deref())?)?;
         let envs = data.join("envs/v1");
-        for dir in [".locks", ".staging", ".trash"] {
+        for (dir, mode) in [
+            ("", datadir::TRAVERSE_MODE),
+            (".locks", 0o700),
+            (".staging", datadir::TRAVERSE_MODE),
+            (".trash", 0o700),
+        ] {
             let path = envs.join(dir);
             if !path.is_dir() {
-                fsutil::create_dir(&path, 0o700)?;
+                fsutil::create_dir(&data.join("envs"), datadir::TRAVERSE_MODE)?;
+                fsutil::create_dir(&path, mode)?;
             }
         }
         Ok(EnvStore {
@@ -534,7 +540,7 @@ impl EnvStore {
             .map_err(io("write", &requirements_in))?;
         let cache = self.uv_cache_dir();
         if !cache.is_dir() {
-            fsutil::create_dir(&cache, 0o755)?;
+            fsutil::create_dir(&cache, 0o700)?;
         }
         if root {
             for dir in [staging, cache.as_path()] {

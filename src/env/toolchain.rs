@@ -424,7 +424,7 @@ fn probe_cached(toolchain_dir: &Path, path: &Path) -> Result<Interpreter, Toolch
         key,
         interpreter: interpreter.clone(),
     };
-    if fsutil::create_dir(toolchain_dir, 0o755).is_ok() {
+    if fsutil::create_dir(toolchain_dir, super::datadir::TRAVERSE_MODE).is_ok() {
         let _ = fsutil::write_atomic(
             &cache_path,
             &serde_json::to_vec(&cache).expect("serializable"),

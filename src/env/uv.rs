@@ -62,7 +62,7 @@ impl BuildContext<'_> {
         let mut argv: Vec<String> = vec!["/bin/sh".into(), "-c".into()];
         match step {
             BuildStep::Resolve => {
-                argv.push(r#"cd "$0" && exec "$@" 1>&2"#.into());
+                argv.push(r#"cd "$0" && exec "$@" >/dev/null"#.into());
                 argv.extend([final_dir, uv, "pip".into(), "compile".into()]);
                 argv.extend(
                     [
