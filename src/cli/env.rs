@@ -235,7 +235,8 @@ impl BuildArgs {
         let outcome = (|| {
             let store = EnvStore::open(self.env.store_config())?;
             let request = EnvRequest::new(&bytes, self.env.resolve_options())?;
-            let backend = LazySandbox::new(EnvStore::build_sandbox_config(SandboxConfig::default()));
+            let backend =
+                LazySandbox::new(EnvStore::build_sandbox_config(SandboxConfig::default()));
             let env = store.ensure(&request, &backend, &mut progress)?;
             let info = store.info(env.digest())?;
             Ok::<_, EnvError>((env.usage(), info))
@@ -389,7 +390,11 @@ impl GcArgs {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(0);
         }
-        let verb = if self.dry_run { "would remove" } else { "removed" };
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         for digest in &report.removed {
             println!("{verb} {digest}");
         }
@@ -457,8 +462,18 @@ impl ToolchainArgs {
                 interpreter.version,
                 interpreter.platform
             );
-            println!("{:<10}{} ({})", "uv", toolchain.uv.display(), toolchain.uv_version);
-            println!("{:<10}{} ({})", "ruff", toolchain.ruff.display(), toolchain.ruff_version);
+            println!(
+                "{:<10}{} ({})",
+                "uv",
+                toolchain.uv.display(),
+                toolchain.uv_version
+            );
+            println!(
+                "{:<10}{} ({})",
+                "ruff",
+                toolchain.ruff.display(),
+                toolchain.ruff_version
+            );
         }
         Ok(0)
     }

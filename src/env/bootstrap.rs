@@ -191,7 +191,10 @@ pub fn installed(toolchain_dir: &Path) -> Option<HostTools> {
 }
 
 /// Install the pinned uv and ruff into `toolchain_dir` unless they are there.
-pub fn ensure(toolchain_dir: &Path, progress: &mut dyn Progress) -> Result<HostTools, BootstrapError> {
+pub fn ensure(
+    toolchain_dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<HostTools, BootstrapError> {
     if let Some(tools) = installed(toolchain_dir) {
         return Ok(tools);
     }
@@ -200,8 +203,11 @@ pub fn ensure(toolchain_dir: &Path, progress: &mut dyn Progress) -> Result<HostT
     let ruff = pinned("ruff", arch)?;
     fsutil::create_dir(toolchain_dir, super::datadir::TRAVERSE_MODE)
         .map_err(|e| BootstrapError::Lock(Box::new(e)))?;
-    let _lock = fsutil::lock(&toolchain_dir.join(".bootstrap.lock"), FlockArg::LockExclusive)
-        .map_err(|e| BootstrapError::Lock(Box::new(e)))?;
+    let _lock = fsutil::lock(
+        &toolchain_dir.join(".bootstrap.lock"),
+        FlockArg::LockExclusive,
+    )
+    .map_err(|e| BootstrapError::Lock(Box::new(e)))?;
     if let Some(tools) = installed(toolchain_dir) {
         return Ok(tools); // another process finished it while we waited
     }
@@ -220,7 +226,11 @@ pub fn ensure(toolchain_dir: &Path, progress: &mut dyn Progress) -> Result<HostT
         for wheel in [uv, ruff] {
             let file = staging.join(format!("{}.whl", wheel.name));
             download(&base, wheel, &file, progress)?;
-            unpack(&file, &wheel.member(), &staging.join("bin").join(wheel.name))?;
+            unpack(
+                &file,
+                &wheel.member(),
+                &staging.join("bin").join(wheel.name),
+            )?;
             std::fs::remove_file(&file).map_err(io("remove", &file))?;
         }
         let manifest = serde_json::json!({

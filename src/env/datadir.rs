@@ -15,8 +15,8 @@ pub const DATA_DIR_ENV: &str = "KAKOI_DATA_DIR";
 /// `src/spec.rs`, which validates every bind; repeated here to refuse a data directory
 /// before anything is downloaded or built).
 const RESERVED: &[&str] = &[
-    "/proc", "/dev", "/tmp", "/etc", "/work", "/usr", "/bin", "/sbin", "/lib", "/lib64",
-    "/lib32", "/libx32",
+    "/proc", "/dev", "/tmp", "/etc", "/work", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32",
+    "/libx32",
 ];
 
 /// Why a data directory cannot be used.
@@ -210,7 +210,12 @@ mod tests {
                 "{bad} accepted"
             );
         }
-        for good in ["/var/lib/kakoi", "/home/u/.local/share/kakoi", "/tmpfoo", "/opt/k"] {
+        for good in [
+            "/var/lib/kakoi",
+            "/home/u/.local/share/kakoi",
+            "/tmpfoo",
+            "/opt/k",
+        ] {
             check_bindable(Path::new(good)).unwrap();
         }
     }

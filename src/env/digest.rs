@@ -56,7 +56,9 @@ impl DigestInput<'_> {
 
 /// Whether `s` looks like a digest or digest prefix (lowercase hex, at most [`DIGEST_LEN`]).
 pub fn is_digest_prefix(s: &str) -> bool {
-    !s.is_empty() && s.len() <= DIGEST_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    !s.is_empty()
+        && s.len() <= DIGEST_LEN
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

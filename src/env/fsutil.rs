@@ -95,7 +95,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), E
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         unique_suffix()
     ));
     let result = (|| {
@@ -210,7 +212,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
         let held = lock(&path, FlockArg::LockShared).unwrap();
-        assert!(try_lock_exclusive(&path).unwrap().is_none(), "shared holder blocks");
+        assert!(
+            try_lock_exclusive(&path).unwrap().is_none(),
+            "shared holder blocks"
+        );
         drop(held);
         let ex = try_lock_exclusive(&path).unwrap();
         assert!(ex.is_some());
@@ -235,7 +240,9 @@ mod tests {
         discard(&victim, &dir.path().join(".trash")).unwrap();
         assert!(!victim.exists());
         assert_eq!(
-            std::fs::read_dir(dir.path().join(".trash")).unwrap().count(),
+            std::fs::read_dir(dir.path().join(".trash"))
+                .unwrap()
+                .count(),
             0
         );
     }

@@ -256,10 +256,13 @@ pub fn realise(toolchain_dir: &Path) -> Result<NixToolchain, NixError> {
         Err(e) => return Err(e),
     };
     let outs = parse_store_paths(&build.display(), &out)?;
-    let out = outs.last().cloned().ok_or_else(|| NixError::NotAStorePath {
-        command: build.display(),
-        line: String::new(),
-    })?;
+    let out = outs
+        .last()
+        .cloned()
+        .ok_or_else(|| NixError::NotAStorePath {
+            command: build.display(),
+            line: String::new(),
+        })?;
     let closure_line = closure_command(&out);
     let closure = parse_store_paths(&closure_line.display(), &run(&closure_line)?)?;
     let toolchain = NixToolchain {
@@ -381,10 +384,16 @@ mod tests {
         assert_eq!(rev.len(), 40);
         assert!(rev.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(locked["narHash"].as_str().unwrap().starts_with("sha256-"));
-        assert!(FLAKE_NIX.contains(rev), "flake.nix and flake.lock name the same revision");
+        assert!(
+            FLAKE_NIX.contains(rev),
+            "flake.nix and flake.lock name the same revision"
+        );
         assert!(DEFAULT_NIX.contains("flake.lock"));
         for tool in ["python3", "uv", "ruff"] {
-            assert!(TOOLCHAIN_NIX.contains(tool), "{tool} missing from toolchain.nix");
+            assert!(
+                TOOLCHAIN_NIX.contains(tool),
+                "{tool} missing from toolchain.nix"
+            );
         }
         assert_eq!(expressions_hash().len(), 64);
     }

@@ -177,8 +177,9 @@ mod tests {
 
     #[test]
     fn continuations_join_and_url_fragments_stay() {
-        let r = parse("attrs==24.2.0 \\\n    --hash=sha256:abc\npkg @ https://h/p.tar.gz#sha256=ff\n")
-            .unwrap();
+        let r =
+            parse("attrs==24.2.0 \\\n    --hash=sha256:abc\npkg @ https://h/p.tar.gz#sha256=ff\n")
+                .unwrap();
         assert_eq!(
             r,
             vec![
@@ -197,7 +198,9 @@ mod tests {
             ("--pre\n", "--pre"),
         ] {
             match parse(text) {
-                Err(RequirementsError::Option { option: o, line, .. }) => {
+                Err(RequirementsError::Option {
+                    option: o, line, ..
+                }) => {
                     assert_eq!(o, option);
                     assert!(line >= 1);
                 }

@@ -94,12 +94,11 @@ impl ResolveOptions {
                 && u.len() <= 2048
                 && !u.chars().any(|c| c.is_whitespace() || c.is_control())
         };
-        for (option, url) in self
-            .index_url
-            .iter()
-            .map(|u| ("--index-url", u))
-            .chain(self.extra_index_urls.iter().map(|u| ("--extra-index-url", u)))
-        {
+        for (option, url) in self.index_url.iter().map(|u| ("--index-url", u)).chain(
+            self.extra_index_urls
+                .iter()
+                .map(|u| ("--extra-index-url", u)),
+        ) {
             if !url_ok(url) {
                 return Err(EnvError::Option {
                     option,
@@ -111,7 +110,8 @@ impl ResolveOptions {
         if let Some(t) = &self.exclude_newer {
             let ok = !t.is_empty()
                 && t.len() <= 64
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || ":+-.".contains(c));
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":+-.".contains(c));
             if !ok {
                 return Err(EnvError::Option {
                     option: "--exclude-newer",
@@ -393,13 +393,21 @@ impl EnvStore {
     pub fn build_sandbox_config(base: SandboxConfig) -> SandboxConfig {
         let root = nix::unistd::geteuid().is_root();
         SandboxConfig {
-            host_id: if root { Some(BUILD_HOST_ID) } else { base.host_id },
+            host_id: if root {
+                Some(BUILD_HOST_ID)
+            } else {
+                base.host_id
+            },
             ..base
         }
     }
 
     /// The digest of a request (locates the toolchain).
-    pub fn digest(&self, request: &EnvRequest, progress: &mut dyn Progress) -> Result<String, EnvError> {
+    pub fn digest(
+        &self,
+        request: &EnvRequest,
+        progress: &mut dyn Progress,
+    ) -> Result<String, EnvError> {
         let toolchain = self.toolchain(progress)?;
         let interpreter = toolchain.interpreter(request.options.python.as_deref())?;
         Ok(digest_of(request, &toolchain, &interpreter))
@@ -431,7 +439,14 @@ impl EnvStore {
                 (false, 0.0) // built by another process while we waited
             } else {
                 let started = Instant::now();
-                self.build(request, &toolchain, &interpreter, &digest, backend, progress)?;
+                self.build(
+                    request,
+                    &toolchain,
+                    &interpreter,
+                    &digest,
+                    backend,
+                    progress,
+                )?;
                 (true, started.elapsed().as_secs_f64() * 1000.0)
             };
             // Downgrade to shared. flock(2) may drop the lock during the conversion, so
@@ -625,7 +640,10 @@ impl EnvStore {
             let stale = if Some(digest.as_str()) == held {
                 true
             } else if is_digest_prefix(&digest) {
-                matches!(fsutil::try_lock_exclusive(&self.lock_path(&digest)), Ok(Some(_)))
+                matches!(
+                    fsutil::try_lock_exclusive(&self.lock_path(&digest)),
+                    Ok(Some(_))
+                )
             } else {
                 false
             };
@@ -864,7 +882,10 @@ mod tests {
                 ..ResolveOptions::default()
             },
         ] {
-            assert!(matches!(bad.validate(), Err(EnvError::Option { .. })), "{bad:?}");
+            assert!(
+                matches!(bad.validate(), Err(EnvError::Option { .. })),
+                "{bad:?}"
+            );
         }
     }
 
@@ -887,10 +908,23 @@ mod tests {
         env.apply(&mut spec); // idempotent
         assert_eq!(spec.binds_ro.len(), 1);
         assert_eq!(spec.binds_ro[0].host, spec.binds_ro[0].sandbox);
-        let get = |k: &str| spec.env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(get("OMP_NUM_THREADS").as_deref(), Some("7"), "caller's value kept");
+        let get = |k: &str| {
+            spec.env
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("OMP_NUM_THREADS").as_deref(),
+            Some("7"),
+            "caller's value kept"
+        );
         assert_eq!(get("OPENBLAS_NUM_THREADS").as_deref(), Some("2"));
-        assert!(get("PATH").unwrap().starts_with("/var/lib/kakoi/envs/v1/0123/venv/bin:"));
+        assert!(
+            get("PATH")
+                .unwrap()
+                .starts_with("/var/lib/kakoi/envs/v1/0123/venv/bin:")
+        );
         assert_eq!(
             env.python(),
             PathBuf::from("/var/lib/kakoi/envs/v1/0123/venv/bin/python")

@@ -124,7 +124,11 @@ impl Interpreter {
 
     /// `3.11` from `3.11.2`.
     pub fn minor_version(&self) -> String {
-        self.version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
+        self.version
+            .splitn(3, '.')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(".")
     }
 }
 
@@ -219,7 +223,9 @@ impl Toolchain {
             }
             Some(req) => {
                 let valid = !req.is_empty()
-                    && req.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                    && req
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
                 if !valid {
                     return Err(ToolchainError::PythonNotFound {
                         requested: req.into(),
@@ -230,10 +236,11 @@ impl Toolchain {
                 dir.join(format!("python{req}"))
             }
         };
-        let canonical = std::fs::canonicalize(&path).map_err(|e| ToolchainError::PythonNotFound {
-            requested: requested.unwrap_or(HOST_PYTHON).into(),
-            reason: format!("{}: {e}", path.display()),
-        })?;
+        let canonical =
+            std::fs::canonicalize(&path).map_err(|e| ToolchainError::PythonNotFound {
+                requested: requested.unwrap_or(HOST_PYTHON).into(),
+                reason: format!("{}: {e}", path.display()),
+            })?;
         if self.kind == ToolchainKind::Host && !visible_in_sandbox(&canonical) {
             return Err(ToolchainError::PythonNotFound {
                 requested: requested.unwrap_or(HOST_PYTHON).into(),
@@ -491,7 +498,9 @@ mod tests {
     #[test]
     fn only_sandbox_visible_interpreters_are_accepted() {
         assert!(visible_in_sandbox(Path::new("/usr/bin/python3.11")));
-        assert!(!visible_in_sandbox(Path::new("/root/.pyenv/versions/3.11.7/bin/python3.11")));
+        assert!(!visible_in_sandbox(Path::new(
+            "/root/.pyenv/versions/3.11.7/bin/python3.11"
+        )));
         assert!(!visible_in_sandbox(Path::new("/opt/python/bin/python3")));
     }
 }

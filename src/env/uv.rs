@@ -270,10 +270,20 @@ mod tests {
             assert!(argv.iter().any(|a| a == "https://mirror.invalid/simple"));
             assert_eq!(spec.network, Network::Host);
             assert_eq!(spec.binds_rw.len(), 2);
-            assert_eq!(spec.binds_rw[0].sandbox, Path::new("/var/lib/kakoi/envs/v1/abc"));
-            assert_eq!(spec.binds_rw[0].host, Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"));
+            assert_eq!(
+                spec.binds_rw[0].sandbox,
+                Path::new("/var/lib/kakoi/envs/v1/abc")
+            );
+            assert_eq!(
+                spec.binds_rw[0].host,
+                Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1")
+            );
             assert!(spec.binds_ro.iter().all(|b| b.host == b.sandbox));
-            assert!(spec.env.iter().any(|(k, v)| k == "PYC_INVALIDATION_MODE" && v == "UNCHECKED_HASH"));
+            assert!(
+                spec.env
+                    .iter()
+                    .any(|(k, v)| k == "PYC_INVALIDATION_MODE" && v == "UNCHECKED_HASH")
+            );
             if step == BuildStep::Install {
                 assert!(argv.iter().any(|a| a == "--compile-bytecode"));
                 assert!(argv.iter().any(|a| a == "--require-hashes"));
