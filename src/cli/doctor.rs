@@ -130,7 +130,12 @@ fn toolchain_checks(data_dir: Option<std::path::PathBuf>, mode: ToolchainMode) -
         remedy,
     ));
     if let Some(ruff) = &status.ruff {
-        checks.push(check("ruff", Status::Info, ruff.display().to_string(), None));
+        checks.push(check(
+            "ruff",
+            Status::Info,
+            ruff.display().to_string(),
+            None,
+        ));
     }
     let envs = store.list().unwrap_or_default();
     let bytes: u64 = envs.iter().map(|e| e.size_bytes).sum();

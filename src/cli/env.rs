@@ -212,12 +212,29 @@ pub fn read_requirements(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Print an env error: a JSON result with status `env_error`, or the message, uv's output
-/// and a hint on stderr. Returns the exit code.
-pub fn report_env_error(err: &EnvError, env_ms: f64, json: bool) -> anyhow::Result<i32> {
+/// and a hint on stderr (uv's output is not repeated when it was just streamed there).
+/// Returns the exit code.
+pub fn report_env_error(
+    err: &EnvError,
+    env_ms: f64,
+    json: bool,
+    progress: &CliProgress,
+) -> anyhow::Result<i32> {
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &err.to_result(env_ms))?;
         writeln!(out)?;
+    } else if let (
+        EnvError::Uv {
+            step, exit_code, ..
+        },
+        true,
+    ) = (err, progress.streamed_uv_output())
+    {
+        eprintln!("kakoi: error: {step} failed: uv exited with {exit_code} (its output is above)");
+        if let Some(hint) = err.hint() {
+            eprintln!("  hint: {hint}");
+        }
     } else {
         eprintln!("kakoi: error: {}", crate::env::error_chain(err));
         if let Some(hint) = err.hint() {
@@ -244,7 +261,7 @@ impl BuildArgs {
         let env_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (usage, info) = match outcome {
             Ok(v) => v,
-            Err(e) => return report_env_error(&e, env_ms, self.json),
+            Err(e) => return report_env_error(&e, env_ms, self.json, &progress),
         };
         if self.json {
             let doc = serde_json::json!({
@@ -575,6 +592,11 @@ impl CliProgress {
             saved_stderr,
         });
         Ok(())
+    }
+
+    /// Whether uv's own output went to stderr as it ran (plain mode).
+    pub fn streamed_uv_output(&self) -> bool {
+        self.mode == Mode::Plain
     }
 
     fn stop_renderer(&mut self, ok: bool) {

@@ -49,7 +49,7 @@ impl RunArgs {
         if !meta.is_file() {
             bail!("{} is not a file", self.main.display());
         }
-        if !std::path::Path::new(HOST_PYTHON).exists() {
+        if self.requirements.is_none() && !std::path::Path::new(HOST_PYTHON).exists() {
             bail!("{HOST_PYTHON} does not exist; install python3 (apt-get install python3)");
         }
         let mut argv: Vec<OsString> = vec![HOST_PYTHON.into(), format!("{WORKDIR}/main.py").into()];
@@ -78,12 +78,12 @@ impl RunArgs {
                 LazySandbox::new(EnvStore::build_sandbox_config(self.flags.sandbox_config()));
             store.ensure(&request, &builder, &mut progress)
         })();
-        drop(progress);
         let env_ms = ms_since(started);
         let env = match prepared {
             Ok(env) => env,
-            Err(e) => return report_env_error(&e, env_ms, self.flags.json),
+            Err(e) => return report_env_error(&e, env_ms, self.flags.json, &progress),
         };
+        drop(progress);
         env.apply(&mut spec);
         spec.argv[0] = env.python().into();
         let mut result = self.flags.run(&spec)?;

@@ -586,7 +586,7 @@ impl EnvStore {
             ),
             (
                 BuildStep::Install,
-                format!("installing into {}", final_dir.display()),
+                format!("installing environment {}", &digest[..12]),
             ),
         ];
         for (step, text) in texts {
