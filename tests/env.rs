@@ -476,7 +476,7 @@ def sdist(name, prepare, build):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 sdist("kakoifails", "pass", "raise RuntimeError('kakoi-test: this package refuses to build')")
-sdist("kakoihangs", "time.sleep(300)", "pass")
+sdist("kakoihangs", "time.sleep(300)", "time.sleep(300)")
 "#;
         let status = Command::new(PYTHON)
             .args(["-c", script])
@@ -725,27 +725,44 @@ fn a_killed_build_leaves_nothing_visible_and_is_swept() {
     let server = SdistServer::start();
     let dir = inputs();
     let req = write(dir.path(), "requirements.txt", &server.url("kakoihangs"));
+    let log_path = dir.path().join("build.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = kakoi()
         .args(["env", "build", "--quiet", "-r"])
         .arg(&req)
         .arg("--data-dir")
         .arg(&data_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     // Wait until the build runs inside its sandbox (its processes carry the cache path).
     let deadline = Instant::now() + Duration::from_secs(120);
     while build_processes(&data_path).len() < 2 {
-        assert!(Instant::now() < deadline, "the build never started");
-        assert!(child.try_wait().unwrap().is_none(), "kakoi exited early");
+        assert!(
+            Instant::now() < deadline,
+            "the build never started: {}",
+            log()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kakoi exited early: {}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the build ended by itself: {}",
+        log()
+    );
     assert_eq!(
         staging_entries(&data_path),
         1,
-        "a build in progress has a staging dir"
+        "a build in progress has a staging dir: {}",
+        log()
     );
     child.kill().unwrap();
     child.wait().unwrap();
@@ -904,4 +921,71 @@ fn the_same_requirements_build_the_same_env_in_separate_stores() {
     let bytes = std::fs::read(canonical.join("envs/v1").join(digest).join(pyc)).unwrap();
     assert_eq!(&bytes[4..8], &[1, 0, 0, 0]);
     let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn the_progress_renderer_follows_uv_until_the_launcher_says_how_it_ended() {
+    for (end, expected) in [("ok", "(done in"), ("failed", "(failed after")] {
+        let mut child = kakoi()
+            .args(["__progress", "--title", "installing environment 0123"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        write!(
+            stdin,
+            "Downloading numpy (16.1MiB)\n Downloaded numpy\n + numpy==2.4.6\n\u{1e}kakoi-progress-end:{end}\n"
+        )
+        .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("kakoi: installing environment 0123 ") && stderr.contains(expected),
+            "{end}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_toolchains_ruff_lints_a_program_inside_the_sandbox() {
+    if !sandbox_available() {
+        return;
+    }
+    let tools = shared_toolchain();
+    let dir = inputs();
+    let main = write(dir.path(), "main.py", "import os\nprint(undefined_name)\n");
+    let tools_s = tools.to_str().unwrap();
+    let ruff = format!("{tools_s}/bin/ruff");
+    let (result, out) = common::exec_json(
+        &[
+            "--bind-ro",
+            &format!("{tools_s}:{tools_s}"),
+            "--file",
+            &format!("{}:main.py", main.display()),
+        ],
+        &[
+            &ruff,
+            "check",
+            "--no-cache",
+            "--output-format",
+            "json",
+            "/work/main.py",
+        ],
+    );
+    // ruff exits 1 when it finds something.
+    assert_eq!(result.exit_code, Some(1), "{}", text(&out));
+    let diagnostics: Value = serde_json::from_str(&result.stdout).unwrap();
+    let codes: Vec<&str> = diagnostics
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert!(
+        codes.contains(&"F401") && codes.contains(&"F821"),
+        "{codes:?}"
+    );
 }

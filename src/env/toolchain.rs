@@ -267,6 +267,25 @@ impl Toolchain {
     pub fn dir(&self) -> &Path {
         &self.toolchain_dir
     }
+
+    /// Bind the toolchain read-only into a run at its host paths, so the run can execute
+    /// [`Toolchain::ruff`] (or uv) — e.g. `ruff check` of an untrusted program inside the
+    /// sandbox. Paths already bound are skipped.
+    pub fn bind_into(&self, spec: &mut crate::spec::RunSpec) {
+        for path in &self.binds {
+            let bound = spec
+                .binds_ro
+                .iter()
+                .chain(&spec.binds_rw)
+                .any(|b| b.sandbox == *path);
+            if !bound {
+                spec.binds_ro.push(crate::spec::Bind {
+                    host: path.clone(),
+                    sandbox: path.clone(),
+                });
+            }
+        }
+    }
 }
 
 /// Whether a host path is inside the toolchain part of every sandbox's root.

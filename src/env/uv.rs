@@ -96,6 +96,9 @@ impl BuildContext<'_> {
                         "--python",
                         "venv/bin/python",
                         "--compile-bytecode",
+                        // The staging dir and the cache are separate bind mounts (hard links
+                        // between them fail with EXDEV), and an env must not share inodes with
+                        // a cache that later builds can write: copy.
                         "--link-mode",
                         "copy",
                         "--require-hashes",
