@@ -989,3 +989,134 @@ fn the_toolchains_ruff_lints_a_program_inside_the_sandbox() {
         "{codes:?}"
     );
 }
+
+/// A loopback server standing in for PyPI's file host: `slow` sends the headers and 1 MiB,
+/// then stalls; `garbage` answers 1000 zero bytes. Killed on drop.
+struct FakeFilesHost {
+    child: Child,
+    port: u16,
+}
+
+impl FakeFilesHost {
+    fn start(mode: &str) -> FakeFilesHost {
+        let script = r#"
+import http.server, sys, time
+mode = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        if mode == "slow":
+            self.send_header("Content-Length", str(20 * 1024 * 1024))
+            self.end_headers()
+            self.wfile.write(b"\0" * (1024 * 1024))
+            self.wfile.flush()
+            time.sleep(300)
+        else:
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"\0" * 1000)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+        let mut child = Command::new(PYTHON)
+            .args(["-c", script, mode])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        FakeFilesHost {
+            child,
+            port: line.trim().parse().unwrap(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FakeFilesHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn toolchain_entries(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("toolchain"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("host-") || n.starts_with(".staging-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_killed_or_corrupt_toolchain_download_leaves_nothing_half_made() {
+    let data = tempfile::Builder::new()
+        .prefix("bootstrap-")
+        .tempdir_in(base())
+        .unwrap();
+    // 1. Killed in the middle of the download.
+    let slow = FakeFilesHost::start("slow");
+    let mut child = kakoi()
+        .args(["env", "toolchain", "--toolchain", "host", "--data-dir"])
+        .arg(data.path())
+        .env("KAKOI_PYPI_FILES_URL", slow.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial = toolchain_entries(data.path())
+            .iter()
+            .find(|n| n.starts_with(".staging-"))
+            .map(|n| data.path().join("toolchain").join(n).join("uv.whl"))
+            .and_then(|whl| std::fs::metadata(whl).ok())
+            .is_some_and(|m| m.len() > 0);
+        if partial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the download never started");
+        assert!(child.try_wait().unwrap().is_none(), "kakoi exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let entries = toolchain_entries(data.path());
+    assert!(
+        entries.iter().all(|n| !n.starts_with("host-")),
+        "a killed bootstrap must not leave a toolchain: {entries:?}"
+    );
+    drop(slow);
+
+    // 2. A file that does not match its pinned hash and size: refused, nothing installed,
+    //    and the killed bootstrap's staging directory is swept.
+    let garbage = FakeFilesHost::start("garbage");
+    let out = kakoi()
+        .args(["env", "toolchain", "--toolchain", "host", "--data-dir"])
+        .arg(data.path())
+        .env("KAKOI_PYPI_FILES_URL", garbage.url())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not match its pin"), "{stderr}");
+    assert!(
+        toolchain_entries(data.path()).is_empty(),
+        "nothing half-made: {:?}",
+        toolchain_entries(data.path())
+    );
+}

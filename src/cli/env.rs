@@ -324,9 +324,15 @@ fn ago(secs: u64) -> String {
 
 impl ListArgs {
     fn execute(self) -> anyhow::Result<i32> {
-        let store = EnvStore::open(self.env.store_config()).map_err(anyhow_env)?;
+        let store = match EnvStore::open(self.env.store_config()) {
+            Ok(s) => s,
+            Err(e) => return fail(e, self.json),
+        };
         let status = toolchain::status(&store.toolchain_dir(), self.env.toolchain);
-        let envs = store.list().map_err(anyhow_env)?;
+        let envs = match store.list() {
+            Ok(v) => v,
+            Err(e) => return fail(e, self.json),
+        };
         if self.json {
             let doc = serde_json::json!({
                 "store": store.envs_dir(),
@@ -385,24 +391,27 @@ pub fn describe_status(status: &toolchain::ToolchainStatus) -> String {
     }
 }
 
-fn anyhow_env(e: EnvError) -> anyhow::Error {
-    let hint = e.hint();
-    let err = anyhow::Error::new(e);
-    match hint {
-        Some(h) => err.context(format!("(hint: {h})")),
-        None => err,
-    }
+/// Report an env error of a store command (message, causes and hint, or the `env_error`
+/// JSON result) and return exit code 125.
+fn fail(e: EnvError, json: bool) -> anyhow::Result<i32> {
+    report_env_error(&e, 0.0, json, &CliProgress::new(true))
 }
 
 impl GcArgs {
     fn execute(self) -> anyhow::Result<i32> {
-        let store = EnvStore::open(self.env.store_config()).map_err(anyhow_env)?;
+        let store = match EnvStore::open(self.env.store_config()) {
+            Ok(s) => s,
+            Err(e) => return fail(e, self.json),
+        };
         let policy = GcPolicy {
             older_than: self.older_than,
             max_total_bytes: self.max_size,
             dry_run: self.dry_run,
         };
-        let report = store.gc(&policy).map_err(anyhow_env)?;
+        let report = match store.gc(&policy) {
+            Ok(r) => r,
+            Err(e) => return fail(e, self.json),
+        };
         if self.json {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(0);
@@ -434,7 +443,10 @@ impl GcArgs {
 
 impl RmArgs {
     fn execute(self) -> anyhow::Result<i32> {
-        let store = EnvStore::open(self.env.store_config()).map_err(anyhow_env)?;
+        let store = match EnvStore::open(self.env.store_config()) {
+            Ok(s) => s,
+            Err(e) => return fail(e, false),
+        };
         let mut code = 0;
         for digest in &self.digests {
             match store.remove(digest) {
@@ -454,12 +466,16 @@ impl RmArgs {
 
 impl ToolchainArgs {
     fn execute(self) -> anyhow::Result<i32> {
-        let store = EnvStore::open(self.env.store_config()).map_err(anyhow_env)?;
         let mut progress = CliProgress::new(self.env.quiet);
-        let toolchain = store.toolchain(&mut progress).map_err(anyhow_env)?;
-        let interpreter = toolchain
-            .interpreter(self.env.python.as_deref())
-            .map_err(|e| anyhow_env(e.into()))?;
+        let located = EnvStore::open(self.env.store_config()).and_then(|store| {
+            let toolchain = store.toolchain(&mut progress)?;
+            let interpreter = toolchain.interpreter(self.env.python.as_deref())?;
+            Ok((toolchain, interpreter))
+        });
+        let (toolchain, interpreter) = match located {
+            Ok(v) => v,
+            Err(e) => return fail(e, self.json),
+        };
         if self.json {
             let doc = serde_json::json!({
                 "kind": toolchain.kind,
