@@ -433,6 +433,12 @@ fn build_list_in_use_rm_and_gc() {
     let out = kakoi_env(data.path(), &["rm", &digest[..8]]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no environment"));
+    // The uv cache can be emptied too (envs hold copies, they never need it).
+    assert!(data.path().join("uv-cache").is_dir());
+    let out = kakoi_env(data.path(), &["gc", "--uv-cache", "--json"]);
+    let gc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(gc["uv_cache_freed_bytes"].as_u64().unwrap() > 0, "{gc}");
+    assert!(!data.path().join("uv-cache").exists());
     assert_eq!(
         std::fs::read_dir(data.path().join("envs/v1/.trash"))
             .unwrap()

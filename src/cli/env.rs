@@ -154,6 +154,9 @@ pub struct GcArgs {
     /// Then remove least recently used envs until the store is at most this large (e.g. 10G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
+    /// Also empty the uv cache (envs do not need it; the next build downloads again).
+    #[arg(long)]
+    pub uv_cache: bool,
     /// Only report what would be removed.
     #[arg(long)]
     pub dry_run: bool,
@@ -406,6 +409,7 @@ impl GcArgs {
         let policy = GcPolicy {
             older_than: self.older_than,
             max_total_bytes: self.max_size,
+            uv_cache: self.uv_cache,
             dry_run: self.dry_run,
         };
         let report = match store.gc(&policy) {
@@ -434,6 +438,16 @@ impl GcArgs {
             human_bytes(report.remaining_bytes),
             report.swept_staging
         );
+        if self.uv_cache {
+            if report.uv_cache_busy {
+                println!("kept the uv cache (a build is using it)");
+            } else {
+                println!(
+                    "{verb} the uv cache, {}",
+                    human_bytes(report.uv_cache_freed_bytes)
+                );
+            }
+        }
         if self.older_than.is_none() && self.max_size.is_none() {
             println!("(no --older-than or --max-size given: only dead builds were swept)");
         }

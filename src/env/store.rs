@@ -301,6 +301,9 @@ pub struct GcPolicy {
     pub older_than: Option<Duration>,
     /// Then remove least recently used envs until the store is at most this large.
     pub max_total_bytes: Option<u64>,
+    /// Also empty the uv cache (skipped while a build is running; builds hold a shared
+    /// lock on it). Envs never need the cache: they hold copies.
+    pub uv_cache: bool,
     /// Report only.
     pub dry_run: bool,
 }
@@ -318,6 +321,10 @@ pub struct GcReport {
     pub swept_staging: usize,
     /// Total size of the envs left.
     pub remaining_bytes: u64,
+    /// Bytes of uv cache removed (with [`GcPolicy::uv_cache`]).
+    pub uv_cache_freed_bytes: u64,
+    /// The uv cache was kept because a build was using it.
+    pub uv_cache_busy: bool,
 }
 
 /// The env store of one data directory.
@@ -497,6 +504,10 @@ impl EnvStore {
         self.envs.join(".locks").join(format!("{digest}.lock"))
     }
 
+    fn uv_cache_lock_path(&self) -> PathBuf {
+        self.envs.join(".locks").join("uv-cache.lock")
+    }
+
     /// Build one env (the caller holds the digest's exclusive lock).
     fn build(
         &self,
@@ -549,6 +560,8 @@ impl EnvStore {
         started: Instant,
     ) -> Result<(), EnvError> {
         let root = nix::unistd::geteuid().is_root();
+        // Keeps `gc --uv-cache` from emptying the cache under a running build.
+        let _cache_in_use = fsutil::lock(&self.uv_cache_lock_path(), FlockArg::LockShared)?;
         fsutil::create_dir(staging, 0o755)?;
         let requirements_in = staging.join(REQUIREMENTS_IN);
         std::fs::write(&requirements_in, request.requirements.to_text())
@@ -772,6 +785,19 @@ impl EnvStore {
             report.removed.push(env.digest.clone());
         }
         report.remaining_bytes = total;
+        if policy.uv_cache {
+            let cache = self.uv_cache_dir();
+            match fsutil::try_lock_exclusive(&self.uv_cache_lock_path())? {
+                Some(_lock) if cache.exists() => {
+                    report.uv_cache_freed_bytes = fsutil::tree_size(&cache).0;
+                    if !policy.dry_run {
+                        fsutil::discard(&cache, &self.envs.join(".trash"))?;
+                    }
+                }
+                Some(_) => {}
+                None => report.uv_cache_busy = true,
+            }
+        }
         Ok(report)
     }
 }
