@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod env;
 pub mod host;
 pub mod result;
 pub mod sandbox;

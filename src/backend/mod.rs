@@ -37,6 +37,13 @@ pub trait Backend {
 
     /// Run one request and wait for it.
     fn run_with(&self, spec: &RunSpec, options: &RunOptions) -> Result<RunResult, BackendError>;
+
+    /// The host uid and gid the sandbox user maps to, when the backend knows them (files
+    /// written through a writable bind are owned by these ids). Env builds check it: they
+    /// must all write the shared uv cache as one id.
+    fn host_ids(&self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 impl Backend for Sandbox {
@@ -46,5 +53,9 @@ impl Backend for Sandbox {
 
     fn run_with(&self, spec: &RunSpec, options: &RunOptions) -> Result<RunResult, BackendError> {
         Ok(Sandbox::run_with(self, spec, *options)?)
+    }
+
+    fn host_ids(&self) -> Option<(u32, u32)> {
+        Some(Sandbox::host_ids(self))
     }
 }

@@ -205,7 +205,35 @@ impl RunFlags {
 
     /// Create a sandbox, run the request, print the result; returns the exit code.
     pub fn run_and_report(&self, spec: RunSpec) -> anyhow::Result<i32> {
-        let config = SandboxConfig {
+        self.run_then_report(&spec, |_| {})
+    }
+
+    /// Create a sandbox, run the request, let the caller complete the result (for example
+    /// with the environment it used), print it; returns the exit code. SIGINT/SIGTERM/SIGHUP
+    /// cancel the run (the sandbox is killed and cleaned up like any other run) instead of
+    /// killing kakoi with the sandbox still being torn down; the CLI then exits 128 + signal.
+    pub fn run_then_report(
+        &self,
+        spec: &RunSpec,
+        complete: impl FnOnce(&mut RunResult),
+    ) -> anyhow::Result<i32> {
+        let signals = TerminationSignals::block()?;
+        let sandbox = Sandbox::new(self.sandbox_config())?;
+        let mut result = sandbox.run_with(
+            spec,
+            RunOptions {
+                passthrough: !self.json,
+                cancel: Some(signals.as_raw_fd()),
+            },
+        )?;
+        complete(&mut result);
+        let code = report(&result, self.json)?;
+        Ok(signals.received().map_or(code, |signal| 128 + signal))
+    }
+
+    /// The sandbox settings these flags describe.
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        SandboxConfig {
             cgroups: if self.no_cgroup {
                 CgroupMode::Off
             } else {
@@ -223,20 +251,7 @@ impl RunFlags {
             },
             netns_pool: self.netns_pool,
             ..SandboxConfig::default()
-        };
-        // SIGINT/SIGTERM/SIGHUP cancel the run (the sandbox is killed and cleaned up like any
-        // other run) instead of killing kakoi with the sandbox still being torn down.
-        let signals = TerminationSignals::block()?;
-        let sandbox = Sandbox::new(config)?;
-        let result = sandbox.run_with(
-            &spec,
-            RunOptions {
-                passthrough: !self.json,
-                cancel: Some(signals.as_raw_fd()),
-            },
-        )?;
-        let code = report(&result, self.json)?;
-        Ok(signals.received().map_or(code, |signal| 128 + signal))
+        }
     }
 }
 

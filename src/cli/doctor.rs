@@ -7,6 +7,7 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 
+use crate::env::{EnvStore, StoreConfig, ToolchainMode, toolchain};
 use crate::host::{Check, HostReport, Layer, Status};
 
 /// Options of `kakoi doctor`.
@@ -20,6 +21,12 @@ pub struct DoctorArgs {
     /// and on 6.18 permanent until reboot; see the `cgroup v1 attach latency` check.
     #[arg(long)]
     pub enable_favordynmods: bool,
+    /// Data directory whose toolchain and envs to report (as for `kakoi env`).
+    #[arg(long, value_name = "DIR", env = "KAKOI_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Toolchain to report (as for `kakoi env`).
+    #[arg(long, value_enum, default_value = "auto", env = "KAKOI_TOOLCHAIN")]
+    pub toolchain: ToolchainMode,
 }
 
 impl DoctorArgs {
@@ -39,7 +46,10 @@ impl DoctorArgs {
                 ),
             }
         }
-        let report = HostReport::detect_host();
+        let mut report = HostReport::detect_host();
+        report
+            .checks
+            .extend(toolchain_checks(self.data_dir.clone(), self.toolchain));
         let mut out = std::io::stdout().lock();
         if self.json {
             serde_json::to_writer(&mut out, &report).context("cannot serialize the host report")?;
@@ -50,6 +60,116 @@ impl DoctorArgs {
         out.flush()?;
         Ok(if report.run_can_start { 0 } else { 1 })
     }
+}
+
+fn check(name: &str, status: Status, detail: String, remedy: Option<String>) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        detail,
+        remedy,
+    }
+}
+
+/// The environment lines: toolchain identity (what every env digest includes), whether
+/// uv/ruff are installed yet, and the env store. Nothing is downloaded or built.
+fn toolchain_checks(data_dir: Option<std::path::PathBuf>, mode: ToolchainMode) -> Vec<Check> {
+    // Doctor changes nothing: a data directory that does not exist yet is reported as such.
+    let resolved = crate::env::datadir::resolve(data_dir.as_deref());
+    if let Ok(path) = &resolved
+        && !path.exists()
+    {
+        let status = toolchain::status(&path.join("toolchain"), mode);
+        return vec![
+            check(
+                "toolchain",
+                if status.problem.is_some() {
+                    Status::Warn
+                } else {
+                    Status::Info
+                },
+                super::env::describe_status(&status),
+                status
+                    .problem
+                    .as_ref()
+                    .map(|_| "install python3 (apt-get install python3)".to_string()),
+            ),
+            check(
+                "env store",
+                Status::Info,
+                format!("{} (not created yet)", path.display()),
+                None,
+            ),
+        ];
+    }
+    let store = match EnvStore::open(StoreConfig {
+        data_dir,
+        toolchain: mode,
+        ..StoreConfig::default()
+    }) {
+        Ok(store) => store,
+        Err(e) => {
+            return vec![check(
+                "env store",
+                Status::Warn,
+                crate::env::error_chain(&e),
+                e.hint(),
+            )];
+        }
+    };
+    let status = toolchain::status(&store.toolchain_dir(), mode);
+    let mut checks = Vec::new();
+    let nix = crate::env::nix::find_in_path("nix");
+    checks.push(check(
+        "nix",
+        Status::Info,
+        match (&nix, status.kind) {
+            (Some(path), toolchain::ToolchainKind::Nix) => {
+                format!("{} (envs use the nix-env/ closure)", path.display())
+            }
+            (Some(path), _) => format!("{} (not used: --toolchain host)", path.display()),
+            (None, _) => "not on PATH; envs use the host's python3 with pinned uv and ruff".into(),
+        },
+        None,
+    ));
+    let (state, remedy) = if status.problem.is_some() {
+        (
+            Status::Warn,
+            Some("install python3 (apt-get install python3)".to_string()),
+        )
+    } else if status.ready {
+        (Status::Ok, None)
+    } else {
+        (Status::Info, None)
+    };
+    checks.push(check(
+        "toolchain",
+        state,
+        super::env::describe_status(&status),
+        remedy,
+    ));
+    if let Some(ruff) = &status.ruff {
+        checks.push(check(
+            "ruff",
+            Status::Info,
+            ruff.display().to_string(),
+            None,
+        ));
+    }
+    let envs = store.list().unwrap_or_default();
+    let bytes: u64 = envs.iter().map(|e| e.size_bytes).sum();
+    checks.push(check(
+        "env store",
+        Status::Info,
+        format!(
+            "{}: {} environment(s), {:.1} MiB",
+            store.envs_dir().display(),
+            envs.len(),
+            bytes as f64 / (1u64 << 20) as f64
+        ),
+        None,
+    ));
+    checks
 }
 
 /// The label printed in front of a check.

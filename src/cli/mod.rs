@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod common;
 pub mod doctor;
+pub mod env;
 pub mod exec;
 pub mod run;
 
@@ -17,6 +18,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in the sandbox: `kakoi exec [OPTIONS] -- CMD [ARGS...]`.
@@ -25,6 +28,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check what this host supports and which isolation layers a run gets.
     Doctor(doctor::DoctorArgs),
+    /// Python environments: build, list, gc, rm, toolchain.
+    Env(env::EnvArgs),
+    /// Internal: draws build progress from uv's output on stdin (used by `env build`/`run -r`).
+    #[command(name = "__progress", hide = true)]
+    Progress(env::ProgressArgs),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -34,6 +42,8 @@ pub fn main() -> i32 {
         Command::Exec(args) => args.execute(),
         Command::Run(args) => args.execute(),
         Command::Doctor(args) => args.execute(),
+        Command::Env(args) => args.execute(),
+        Command::Progress(args) => args.execute(),
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,300 @@
+//! The two sandboxed uv steps of a build, as [`RunSpec`]s, and the reading of uv's output.
+//!
+//! Both steps see: the toolchain read-only at its host paths, the staging directory
+//! writable at the env's *final* path, the uv cache writable at its host path, the host's
+//! network and resolver files, and nothing else of the host. uv's stdout is sent to stderr
+//! (`1>&2`) so that a streamed build never writes to the launcher's stdout (`--json`).
+
+use std::path::{Path, PathBuf};
+
+use super::progress::{BuildStep, describe_uv_line};
+use super::store::{BuildLimits, ResolveOptions};
+use super::toolchain::{Interpreter, Toolchain};
+use crate::spec::{Bind, Limits, Network, RunSpec};
+
+/// Name of the normalized requirements inside an env.
+pub(crate) const REQUIREMENTS_IN: &str = "requirements.in";
+/// Name of the lock (uv pip compile output) inside an env.
+pub(crate) const REQUIREMENTS_LOCK: &str = "requirements.lock";
+/// Name of the venv inside an env.
+pub(crate) const VENV: &str = "venv";
+
+/// `SOURCE_DATE_EPOCH` of builds: 1980-01-01, the earliest time a zip (wheel) can hold, so
+/// wheels built from sdists get fixed timestamps.
+pub(crate) const SOURCE_DATE_EPOCH: &str = "315532800";
+
+/// Host CA bundle passed to uv as `SSL_CERT_FILE` when it exists (it is visible in the
+/// sandbox through the `/etc/ssl` bind), so indexes behind a corporate or local CA work.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Proxy variables passed from the launcher's environment to uv.
+const PROXY_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// What a build step needs to know.
+pub(crate) struct BuildContext<'a> {
+    pub toolchain: &'a Toolchain,
+    pub interpreter: &'a Interpreter,
+    pub options: &'a ResolveOptions,
+    pub limits: &'a BuildLimits,
+    /// Final path of the env (where the staging directory is bound).
+    pub final_dir: &'a Path,
+    /// Host staging directory.
+    pub staging: &'a Path,
+    /// uv cache directory.
+    pub cache: &'a Path,
+}
+
+impl BuildContext<'_> {
+    /// The sandbox request of one step.
+    pub(crate) fn spec(&self, step: BuildStep) -> RunSpec {
+        let final_dir = self.final_dir.display().to_string();
+        let uv = self.toolchain.uv.display().to_string();
+        let python = self.interpreter.path.display().to_string();
+        let mut argv: Vec<String> = vec!["/bin/sh".into(), "-c".into()];
+        match step {
+            BuildStep::Resolve => {
+                argv.push(r#"cd "$0" && exec "$@" >/dev/null"#.into());
+                argv.extend([final_dir, uv, "pip".into(), "compile".into()]);
+                argv.extend(
+                    [
+                        REQUIREMENTS_IN,
+                        "--output-file",
+                        REQUIREMENTS_LOCK,
+                        "--generate-hashes",
+                        "--custom-compile-command",
+                        "kakoi env build",
+                        "--no-config",
+                        "--python",
+                    ]
+                    .map(String::from),
+                );
+                argv.push(python);
+                if let Some(t) = &self.options.exclude_newer {
+                    argv.extend(["--exclude-newer".into(), t.clone()]);
+                }
+            }
+            BuildStep::Install => {
+                argv.push(
+                    r#"cd "$0" && "$1" venv --quiet --no-config --python "$2" venv 1>&2 && shift 2 && exec "$@" 1>&2"#
+                        .into(),
+                );
+                argv.extend([final_dir, uv.clone(), python, uv]);
+                argv.extend(
+                    [
+                        "pip",
+                        "sync",
+                        REQUIREMENTS_LOCK,
+                        "--python",
+                        "venv/bin/python",
+                        "--compile-bytecode",
+                        // The staging dir and the cache are separate bind mounts (hard links
+                        // between them fail with EXDEV), and an env must not share inodes with
+                        // a cache that later builds can write: copy.
+                        "--link-mode",
+                        "copy",
+                        "--require-hashes",
+                        "--no-config",
+                    ]
+                    .map(String::from),
+                );
+            }
+        }
+        if let Some(url) = &self.options.index_url {
+            argv.extend(["--index-url".into(), url.clone()]);
+        }
+        for url in &self.options.extra_index_urls {
+            argv.extend(["--extra-index-url".into(), url.clone()]);
+        }
+        let cache = self.cache.display().to_string();
+        let mut env: Vec<(String, String)> = [
+            ("UV_CACHE_DIR", cache.as_str()),
+            ("UV_NO_CONFIG", "1"),
+            ("UV_PYTHON_DOWNLOADS", "never"),
+            ("UV_NO_PROGRESS", "1"),
+            ("NO_COLOR", "1"),
+            // Deterministic pycs that are never re-validated against their sources: the env
+            // is read-only at run time, so nothing can make them stale (PEP 552).
+            ("PYC_INVALIDATION_MODE", "UNCHECKED_HASH"),
+            ("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if Path::new(CA_BUNDLE).is_file() {
+            env.push(("SSL_CERT_FILE".into(), CA_BUNDLE.into()));
+        }
+        for var in PROXY_VARS {
+            if let Ok(value) = std::env::var(var) {
+                env.push((var.to_string(), value));
+            }
+        }
+        let same = |p: &PathBuf| Bind {
+            host: p.clone(),
+            sandbox: p.clone(),
+        };
+        RunSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env,
+            limits: Limits {
+                timeout: Some(self.limits.timeout_secs),
+                cpu_time: None,
+                memory: Some(self.limits.memory),
+                pids: Some(self.limits.pids),
+                cpus: Some(self.limits.cpus),
+                output_limit: Some(8 << 20),
+                tmp_size: Some(self.limits.tmp_size),
+                nofile: Some(4096),
+            },
+            stdin: None,
+            files: vec![],
+            binds_ro: self.toolchain.binds.iter().map(same).collect(),
+            binds_rw: vec![
+                Bind {
+                    host: self.staging.into(),
+                    sandbox: self.final_dir.into(),
+                },
+                same(&self.cache.to_path_buf()),
+            ],
+            collect: None,
+            network: Network::Host,
+        }
+    }
+}
+
+/// Largest uv message kept in an error.
+const MAX_MESSAGE: usize = 16 * 1024;
+
+/// uv's error output without its progress lines, capped (head and tail kept).
+pub(crate) fn error_message(stderr: &str) -> String {
+    let kept: Vec<&str> = stderr
+        .lines()
+        .filter(|l| describe_uv_line(l).is_none())
+        .filter(|l| !l.starts_with("Using ") && !l.trim().is_empty())
+        .collect();
+    let text = if kept.is_empty() {
+        stderr.trim().to_string()
+    } else {
+        kept.join("\n")
+    };
+    if text.len() <= MAX_MESSAGE {
+        return text;
+    }
+    let mut head_end = MAX_MESSAGE / 2;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - MAX_MESSAGE / 2;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    format!(
+        "{}\n[... {} bytes of uv output omitted ...]\n{}",
+        &text[..head_end],
+        tail_start - head_end,
+        &text[tail_start..]
+    )
+}
+
+/// Package pins (`name==version`) of a lock, in file order.
+pub(crate) fn locked_packages(lock: &str) -> Vec<String> {
+    lock.lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim_end_matches('\\').trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::toolchain::ToolchainKind;
+
+    #[test]
+    fn error_messages_drop_progress_and_keep_uvs_words() {
+        let stderr = "Using Python 3.11.2 environment at: venv\nResolved 2 packages in 10ms\n  × No solution found when resolving dependencies:\n  ╰─▶ Because you require six==1.16.0 and six==1.17.0, we can conclude that your requirements are unsatisfiable.\n";
+        let m = error_message(stderr);
+        assert!(m.starts_with("  × No solution found"), "{m}");
+        assert!(!m.contains("Resolved"));
+        let long = "x".repeat(3 * MAX_MESSAGE);
+        let m = error_message(&long);
+        assert!(m.len() < MAX_MESSAGE + 100);
+        assert!(m.contains("omitted"));
+    }
+
+    #[test]
+    fn lock_pins_are_listed() {
+        let lock = "# This file was autogenerated by uv\nattrs==24.2.0 \\\n    --hash=sha256:5c\n    # via -r requirements.in\nsix==1.17.0 \\\n    --hash=sha256:47\n";
+        assert_eq!(locked_packages(lock), vec!["attrs==24.2.0", "six==1.17.0"]);
+    }
+
+    #[test]
+    fn build_specs_confine_writes_to_the_staging_dir_and_cache() {
+        let toolchain = crate::env::toolchain::tests_support::host_toolchain();
+        let interpreter = Interpreter {
+            path: "/usr/bin/python3.11".into(),
+            version: "3.11.2".into(),
+            implementation: "cpython".into(),
+            soabi: "cpython-311-x86_64-linux-gnu".into(),
+            platform: "x86_64-linux-glibc2.36".into(),
+        };
+        let options = ResolveOptions {
+            index_url: Some("https://pypi.org/simple".into()),
+            extra_index_urls: vec!["https://mirror.invalid/simple".into()],
+            exclude_newer: Some("2025-06-01T00:00:00Z".into()),
+            python: None,
+        };
+        let limits = BuildLimits::default();
+        let ctx = BuildContext {
+            toolchain: &toolchain,
+            interpreter: &interpreter,
+            options: &options,
+            limits: &limits,
+            final_dir: Path::new("/var/lib/kakoi/envs/v1/abc"),
+            staging: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"),
+            cache: Path::new("/var/lib/kakoi/uv-cache"),
+        };
+        assert_eq!(toolchain.kind, ToolchainKind::Host);
+        for step in [BuildStep::Resolve, BuildStep::Install] {
+            let spec = ctx.spec(step);
+            let argv: Vec<String> = spec
+                .argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(argv[0], "/bin/sh");
+            assert!(argv.iter().any(|a| a == "--index-url"));
+            assert!(argv.iter().any(|a| a == "https://mirror.invalid/simple"));
+            assert_eq!(spec.network, Network::Host);
+            assert_eq!(spec.binds_rw.len(), 2);
+            assert_eq!(
+                spec.binds_rw[0].sandbox,
+                Path::new("/var/lib/kakoi/envs/v1/abc")
+            );
+            assert_eq!(
+                spec.binds_rw[0].host,
+                Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1")
+            );
+            assert!(spec.binds_ro.iter().all(|b| b.host == b.sandbox));
+            assert!(
+                spec.env
+                    .iter()
+                    .any(|(k, v)| k == "PYC_INVALIDATION_MODE" && v == "UNCHECKED_HASH")
+            );
+            if step == BuildStep::Install {
+                assert!(argv.iter().any(|a| a == "--compile-bytecode"));
+                assert!(argv.iter().any(|a| a == "--require-hashes"));
+            } else {
+                assert!(argv.iter().any(|a| a == "--generate-hashes"));
+                assert!(argv.iter().any(|a| a == "2025-06-01T00:00:00Z"));
+            }
+        }
+    }
+}
