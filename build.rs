@@ -29,7 +29,7 @@ fn main() {
     writeln!(generated, "pub const POLICY_ARCH: &str = {arch:?};").unwrap();
 
     let supported = matches!(arch.as_str(), "x86_64" | "aarch64");
-    let (allowed, reported, plain, enosys, deny_errno) = if supported {
+    let (allowed, reported, plain, enosys, deny_errno, enosys_errno) = if supported {
         let target = seccompiler::TargetArch::try_from(arch.as_str()).expect("supported arch");
         let text = std::fs::read_to_string(&policy_path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", policy_path.display()));
@@ -49,11 +49,12 @@ fn main() {
             compiled.plain,
             compiled.enosys_names,
             compiled.deny_errno,
+            compiled.enosys_errno,
         )
     } else {
         // Unsupported target: an empty policy; `SeccompPolicy::default_policy` reports it.
         std::fs::write(out.join("default.conditional.bpf"), []).unwrap();
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 1)
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 1, 38)
     };
     let list = |names: &[String]| names.iter().map(|n| format!("{n:?}, ")).collect::<String>();
     writeln!(generated, "/// Syscalls the default policy allows, sorted.").unwrap();
@@ -104,6 +105,11 @@ fn main() {
     writeln!(
         generated,
         "pub const DEFAULT_DENY_ERRNO: u32 = {deny_errno};"
+    )
+    .unwrap();
+    writeln!(
+        generated,
+        "/// The errno the default policy's `enosys` filter answers.\npub const DEFAULT_ENOSYS_ERRNO: u32 = {enosys_errno};"
     )
     .unwrap();
 

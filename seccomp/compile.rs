@@ -29,6 +29,8 @@ pub struct CompiledPolicy {
     pub enosys_names: Vec<String>,
     /// The errno of the allowlist's `mismatch_action` (what unknown syscalls get).
     pub deny_errno: u32,
+    /// The errno of the `enosys` filter's `match_action` (normally `ENOSYS`).
+    pub enosys_errno: u32,
 }
 
 const FILTERS: [&str; 3] = ["allow", "enosys", "report"];
@@ -62,10 +64,16 @@ pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, St
     let mut routed = Vec::new();
     let mut reported = BTreeSet::new();
     let mut enosys_names = BTreeSet::new();
+    let mut enosys_errno = libc_enosys() as u32;
     if let Some(enosys) = filters.get("enosys") {
         expect_action(enosys, "enosys", "match_action", |a| {
-            a.get("errno") == Some(&Value::from(libc_enosys()))
+            a.get("errno")
+                .and_then(Value::as_u64)
+                .is_some_and(|e| e < 4096)
         })?;
+        enosys_errno = enosys["match_action"]["errno"]
+            .as_u64()
+            .map_or(enosys_errno, |e| e as u32);
         expect_action(enosys, "enosys", "mismatch_action", |a| a == "allow")?;
         let names = syscall_names(enosys, "enosys", false)?;
         enosys_names.extend(names.iter().cloned());
@@ -151,11 +159,12 @@ pub fn compile_policy(text: &str, arch: TargetArch) -> Result<CompiledPolicy, St
         reported: reported.into_iter().collect(),
         enosys_names: enosys_names.into_iter().collect(),
         deny_errno,
+        enosys_errno,
     })
 }
 
-/// `ENOSYS` (38 on every Linux architecture kakoi supports); the `enosys` filter must answer
-/// exactly this, because the single filter the loader builds answers its syscalls with it.
+/// `ENOSYS` (38 on every Linux architecture kakoi supports): what the `enosys` filter answers
+/// when a policy has none (a policy may choose another errno, e.g. a test's canary value).
 fn libc_enosys() -> u64 {
     38
 }

@@ -140,10 +140,18 @@ for i in range(10000):
 #[test]
 fn out_missing_or_a_symlink_returns_nothing_of_the_target() {
     let _g = setup!();
-    let r = collect_run("print('no out')", &[]);
+    // With --collect the output directory exists (empty, the payload's) when the program starts.
+    let r = collect_run(
+        "import os; st = os.stat('out'); print(os.listdir('out'), st.st_uid, oct(st.st_mode & 0o777))",
+        &[],
+    );
+    assert_eq!(r.stdout, "[] 1000 0o755\n", "{r:#?}");
+    assert!(r.files.is_empty(), "{:#?}", r.files);
+    let r = collect_run("import os; os.rmdir('out'); print('no out')", &[]);
+    assert_eq!(r.status, Status::Ok, "{r:#?}");
     assert!(r.files.is_empty(), "{:#?}", r.files);
     let r = collect_run(
-        "import os; os.makedirs('real'); open('real/x', 'w').write('x'); os.symlink('/etc', 'out')",
+        "import os; os.makedirs('real'); open('real/x', 'w').write('x'); os.rmdir('out'); os.symlink('/etc', 'out')",
         &[],
     );
     assert_eq!(r.files.len(), 1, "{:#?}", r.files);

@@ -24,8 +24,11 @@
 //! - after `max_files` entries the walk stops and adds one `limit` entry naming the first entry
 //!   left out; a file that would take the total over `max_total_bytes` is listed as `limit`.
 //!
-//! Entries come depth-first, sorted by name at each level; paths are relative to the output
-//! directory and `/`-separated. Directories are walked, not listed.
+//! In each directory its files (and other non-directories) come first, sorted by name, then
+//! its subdirectories, sorted by name, each walked the same way: a program's top-level results
+//! (`out/plot.png`) are returned before the count cap can be used up by a deep tree next to
+//! them. Paths are relative to the output directory and `/`-separated. Directories are walked,
+//! not listed.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Read as _;
@@ -181,7 +184,17 @@ fn walk_dir(walk: &mut Walk<'_>, dir: OwnedFd, prefix: &mut Vec<u8>, depth: usiz
         walk.push(path, 0, Err(reason::UNREADABLE));
         return;
     };
-    for name in names {
+    // Non-directories first, then directories; each group keeps the name order.
+    let is_dir = |name: &OsString| {
+        nix::sys::stat::fstatat(
+            lookup.as_fd(),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+    };
+    let (dirs, others): (Vec<OsString>, Vec<OsString>) = names.into_iter().partition(is_dir);
+    for name in others.into_iter().chain(dirs) {
         if walk.full {
             return;
         }
@@ -339,11 +352,40 @@ mod tests {
         }
         assert_eq!(find(&files, "sparse").size, 1 << 40);
         assert!(files.iter().all(|f| !f.path.contains("secret")));
-        // Depth-first, sorted by name.
+        // A directory's files first (by name), then its subdirectories (by name).
         let order: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(order, sorted);
+        assert_eq!(
+            order,
+            [
+                "empty",
+                "fifo",
+                "hard.txt",
+                "passwd",
+                "plot.png",
+                "sock",
+                "sparse",
+                "up",
+                "nested/deeper/a.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn top_level_files_come_before_a_deep_tree_that_fills_the_count_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(out.join("a-cache")).unwrap();
+        for i in 0..200 {
+            std::fs::write(out.join(format!("a-cache/{i:03}")), "x").unwrap();
+        }
+        std::fs::write(out.join("z-plot.png"), "png").unwrap();
+        let files = run(tmp.path(), &caps());
+        assert_eq!(content(find(&files, "z-plot.png")), b"png");
+        assert_eq!(files[0].path, "z-plot.png");
+        assert_eq!(
+            files.last().unwrap().skipped.as_deref(),
+            Some(reason::LIMIT)
+        );
     }
 
     #[test]

@@ -466,6 +466,23 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
         };
         plan.push(format!("copy input file {}", dest.display()), op);
     }
+    // The output directory exists when the payload starts (`savefig("out/plot.png")` works
+    // without a makedirs), owned by the sandbox user, unless an input file took its place.
+    if let Some(collect) = &spec.collect
+        && !spec.files.iter().any(|f| f.dest == collect.dir)
+    {
+        let mut acc = workdir.to_path_buf();
+        for c in collect.dir.components() {
+            acc.push(c);
+            if !made_dirs.contains(&acc) {
+                made_dirs.push(acc.clone());
+                let op = Op::MkdirOwned {
+                    path: plan.at(&acc.to_string_lossy()),
+                };
+                plan.push(format!("mkdir {}", acc.display()), op);
+            }
+        }
+    }
 
     // A new /proc for the new pid namespace. Mounted before the old root is detached: the
     // kernel only allows a proc mount in a user namespace while a fully visible one exists.
@@ -552,7 +569,7 @@ pub fn prepare(spec: &ValidSpec, ctx: &PrepareContext<'_>) -> Result<Prepared, P
                 path: "/dev/null".into(),
                 source,
             })?,
-        Some(source) => open_source(source, "stdin")?.0,
+        Some(source) => open_stdin(source)?,
     };
 
     let (rlimits, rlimit_names) = rlimits(spec, ctx);
@@ -694,6 +711,40 @@ fn resolve_program(program: &OsStr) -> Result<CString, PrepareError> {
     Err(PrepareError::CommandNotFound {
         name: program.to_string_lossy().into_owned(),
     })
+}
+
+/// The payload's stdin: always a sealed in-memory copy, never a host file. A host fd as
+/// stdin would let the payload reopen `/proc/self/fd/0` (read-write, if the file's mode
+/// allows it and Landlock is off) and would show the host path through its link.
+fn open_stdin(source: &Source) -> Result<OwnedFd, PrepareError> {
+    let memfd_err = |source| PrepareError::Memfd {
+        what: "stdin".to_owned(),
+        source,
+    };
+    let fd = nix::sys::memfd::memfd_create(
+        c"kakoi-stdin",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| memfd_err(e.into()))?;
+    let mut memfd = File::from(fd);
+    match source {
+        Source::Bytes(bytes) => memfd.write_all(bytes).map_err(memfd_err)?,
+        Source::Path(_) => {
+            let (input, _) = open_source(source, "stdin")?;
+            std::io::copy(&mut File::from(input), &mut memfd).map_err(memfd_err)?;
+        }
+    }
+    nix::unistd::lseek(&memfd, 0, nix::unistd::Whence::SeekSet).map_err(|e| memfd_err(e.into()))?;
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| memfd_err(e.into()))?;
+    // The payload gets a read-only open of it (a new file description at offset 0).
+    let read_only =
+        File::open(format!("/proc/self/fd/{}", memfd.as_raw_fd())).map_err(memfd_err)?;
+    Ok(read_only.into())
 }
 
 /// Open an input: a host file with the launcher's permissions, or bytes in a memfd.

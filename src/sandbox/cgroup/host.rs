@@ -346,11 +346,10 @@ fn plan_v1(mounts: &[CgroupMount], probe: &HostProbe) -> Result<Plan, String> {
         }
         chosen.insert(required.to_owned(), mount.clone());
     }
-    if let Some(cpu) = by_controller.get("cpu").filter(|m| (probe.writable)(m)) {
-        chosen.insert("cpu".to_owned(), cpu.clone());
-        // cpuacct counts only when it shares the cpu mount (V1Driver reads it from there).
-        if by_controller.get("cpuacct") == Some(cpu) {
-            chosen.insert("cpuacct".to_owned(), cpu.clone());
+    // Optional: cpu (bandwidth limit) and cpuacct (CPU times), co-mounted or separate.
+    for optional in ["cpu", "cpuacct"] {
+        if let Some(mount) = by_controller.get(optional).filter(|m| (probe.writable)(m)) {
+            chosen.insert(optional.to_owned(), mount.clone());
         }
     }
     Ok(Plan::V1 { mounts: chosen })
@@ -693,8 +692,8 @@ mod tests {
         let host = hybrid();
         let driver = detect_with(&host.options, &root_probe(), CgroupFs::FAKE).unwrap();
         assert_eq!(driver.version(), CgroupVersion::V1);
-        assert_eq!(driver.controllers(), ["cpu", "memory", "pids"]);
-        for hierarchy in ["memory", "pids", "cpu"] {
+        assert_eq!(driver.controllers(), ["cpu", "cpuacct", "memory", "pids"]);
+        for hierarchy in ["memory", "pids", "cpu", "cpuacct"] {
             assert!(
                 host.dir
                     .path()
@@ -704,11 +703,10 @@ mod tests {
                     .is_dir()
             );
         }
-        assert!(!host.dir.path().join("cgroup/cpuacct/kakoi").exists());
         let info = describe_host_with(&host.options, &root_probe());
         assert_eq!(info.version, Some(CgroupVersion::V1));
         assert_eq!(info.mounts.len(), 7);
-        assert_eq!(info.bases.len(), 3);
+        assert_eq!(info.bases.len(), 4);
         assert!(info.notes[0].contains("hugetlb"), "{:?}", info.notes);
         assert!(info.notes[0].contains("hybrid"), "{:?}", info.notes);
         // Serializable for `kakoi doctor --json`.

@@ -1,8 +1,9 @@
 //! cgroup v1 (legacy or hybrid hosts): one hierarchy per mount, a run directory in each.
 //!
-//! Managed controllers: `memory` and `pids` (required), `cpu` (optional). `cpuacct` is used for
-//! CPU times only when it shares the `cpu` mount (`cpu,cpuacct`); otherwise CPU times come from
-//! the child's rusage. See Documentation/admin-guide/cgroup-v1/ in the kernel tree.
+//! Managed controllers: `memory` and `pids` (required), `cpu` and `cpuacct` (optional, co-mounted
+//! as `cpu,cpuacct` or each on its own mount, as on hybrid hosts). CPU times come from cpuacct:
+//! without it a run's processes killed with the cgroup would be missing from the rusage of the
+//! init. See Documentation/admin-guide/cgroup-v1/ in the kernel tree.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -69,8 +70,7 @@ impl V1Driver {
             };
             if let Some((_, hierarchy)) = hierarchies.iter_mut().find(|(m, _)| m == mount) {
                 hierarchy.controllers.push(controller.to_owned());
-            } else if controller != "cpuacct" {
-                // A separately mounted cpuacct is not managed: CPU times come from rusage.
+            } else {
                 hierarchies.push((
                     mount.clone(),
                     Hierarchy {
@@ -288,9 +288,13 @@ impl RunCgroup for V1Run {
             stats.pids_limit_hit = read_keyed(&pids.join("pids.events"), "max").unwrap_or(0);
         }
         if let Some(cpuacct) = self.dir_of("cpuacct") {
-            // cpuacct.usage_{user,sys} are in nanoseconds.
-            stats.cpu_user_usec = read_u64(&cpuacct.join("cpuacct.usage_user")).map(|n| n / 1000);
-            stats.cpu_system_usec = read_u64(&cpuacct.join("cpuacct.usage_sys")).map(|n| n / 1000);
+            let (user, system) = cpu_times(
+                read_u64(&cpuacct.join("cpuacct.usage")),
+                read_u64(&cpuacct.join("cpuacct.usage_user")),
+                read_u64(&cpuacct.join("cpuacct.usage_sys")),
+            );
+            stats.cpu_user_usec = user;
+            stats.cpu_system_usec = system;
         }
         stats
     }
@@ -320,6 +324,29 @@ impl Drop for V1Run {
             }
         }
     }
+}
+
+/// User and system CPU time in microseconds from cpuacct's nanosecond counters.
+/// `cpuacct.usage` is exact (scheduler clock); `usage_user`/`usage_sys` are sampled at timer
+/// ticks and undercount, badly under load. So the total is `usage`, split by the sampled ratio
+/// (all of it counted as user time when no tick was sampled, which only happens for runs of a
+/// few milliseconds).
+fn cpu_times(
+    total: Option<u64>,
+    user: Option<u64>,
+    sys: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    let Some(total) = total else {
+        return (user.map(|n| n / 1000), sys.map(|n| n / 1000));
+    };
+    let (user, sys) = (user.unwrap_or(0), sys.unwrap_or(0));
+    let sampled = user + sys;
+    let user_ns = if sampled == 0 {
+        total
+    } else {
+        (total as u128 * user as u128 / sampled as u128) as u64
+    };
+    (Some(user_ns / 1000), Some((total - user_ns) / 1000))
 }
 
 #[cfg(test)]
@@ -388,6 +415,7 @@ mod tests {
             files(
                 &cpu,
                 &[
+                    ("cpuacct.usage", "8000000\n"),
                     ("cpuacct.usage_user", "3000000\n"),
                     ("cpuacct.usage_sys", "1000000\n"),
                 ],
@@ -399,7 +427,14 @@ mod tests {
             files(&cpu, &cpu_files);
             mounts.insert("cpu".to_owned(), cpu);
             let cpuacct = root.join("cpuacct");
-            files(&cpuacct, &[("cpuacct.usage_user", "1\n")]);
+            files(
+                &cpuacct,
+                &[
+                    ("cpuacct.usage", "2000000\n"),
+                    ("cpuacct.usage_user", "1000000\n"),
+                    ("cpuacct.usage_sys", "1000000\n"),
+                ],
+            );
             mounts.insert("cpuacct".to_owned(), cpuacct);
         }
         FakeV1 {
@@ -447,13 +482,14 @@ mod tests {
         let cpu = host.root.join("cpu/kakoi").join(&name);
         assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "150000");
-        // A separately mounted cpuacct is not managed.
-        assert!(!host.root.join("cpuacct/kakoi").exists());
-        assert_eq!(driver.controllers(), ["cpu", "memory", "pids"]);
+        // A separately mounted cpuacct (as on this hybrid host) is managed too.
+        let cpuacct = host.root.join("cpuacct/kakoi").join(&name);
+        assert!(cpuacct.is_dir());
+        assert_eq!(driver.controllers(), ["cpu", "cpuacct", "memory", "pids"]);
         assert_eq!(run.path(), memory.display().to_string());
         assert!(run.clone_into_fd().is_none());
         run.destroy().unwrap();
-        assert!(!memory.exists() && !pids.exists() && !cpu.exists());
+        assert!(!memory.exists() && !pids.exists() && !cpu.exists() && !cpuacct.exists());
         assert!(host.root.join("memory/kakoi").is_dir());
     }
 
@@ -519,8 +555,8 @@ mod tests {
                 peak_memory_bytes: Some(12_345_678),
                 oom_kills: 3,
                 memory_limit_hit: true,
-                cpu_user_usec: None,
-                cpu_system_usec: None,
+                cpu_user_usec: Some(1000),
+                cpu_system_usec: Some(1000),
                 pids_peak: Some(5),
                 pids_limit_hit: 2,
             }
@@ -544,6 +580,20 @@ mod tests {
     }
 
     #[test]
+    fn cpu_times_split_the_exact_total_by_the_sampled_ratio() {
+        assert_eq!(
+            cpu_times(Some(10_000), Some(3), Some(1)),
+            (Some(7), Some(2))
+        );
+        assert_eq!(cpu_times(Some(5_000), Some(0), Some(0)), (Some(5), Some(0)));
+        assert_eq!(
+            cpu_times(None, Some(4_000), Some(2_000)),
+            (Some(4), Some(2))
+        );
+        assert_eq!(cpu_times(None, None, None), (None, None));
+    }
+
+    #[test]
     fn cpu_cpuacct_comounted_gives_cpu_times() {
         let host = fake_v1(true, true);
         let driver = driver(&host);
@@ -555,8 +605,9 @@ mod tests {
             .join(run_name(run.as_ref()));
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "150000");
         let stats = run.stats();
-        assert_eq!(stats.cpu_user_usec, Some(3000));
-        assert_eq!(stats.cpu_system_usec, Some(1000));
+        // The exact total (8 ms) split by the sampled user:sys ratio (3:1).
+        assert_eq!(stats.cpu_user_usec, Some(6000));
+        assert_eq!(stats.cpu_system_usec, Some(2000));
         drop(run);
         assert!(!cpu.exists(), "drop removes the run cgroup");
     }
