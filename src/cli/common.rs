@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::backend::docker::{DockerBackend, DockerConfig};
 use crate::result::{RunResult, Status};
 use crate::sandbox::landlock::LandlockMode;
 use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig, SeccompSetting};
@@ -72,6 +73,22 @@ pub struct RunFlags {
     /// Print exactly one JSON result object instead of passing output through.
     #[arg(long)]
     pub json: bool,
+    /// Where the request runs: `native` (kakoi's sandbox) or `docker` (a container, for
+    /// comparison; see `kakoi docker build-image`).
+    #[arg(long, value_enum, default_value = "native", env = "KAKOI_BACKEND")]
+    pub backend: BackendArg,
+    /// Worker image of `--backend docker`.
+    #[arg(long, value_name = "IMAGE", env = "KAKOI_DOCKER_IMAGE", default_value = crate::backend::docker::DEFAULT_IMAGE)]
+    pub docker_image: String,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// kakoi's own sandbox (namespaces, cgroups, seccomp, Landlock).
+    Native,
+    /// A Docker container through the Engine API.
+    Docker,
 }
 
 /// `--landlock` values.
@@ -192,6 +209,9 @@ impl RunFlags {
 
     /// Create a sandbox, run the request, print the result; returns the exit code.
     pub fn run_and_report(&self, spec: RunSpec) -> anyhow::Result<i32> {
+        if self.backend == BackendArg::Docker {
+            return self.run_docker(spec);
+        }
         let config = SandboxConfig {
             cgroups: if self.no_cgroup {
                 CgroupMode::Off
@@ -212,6 +232,35 @@ impl RunFlags {
         };
         let sandbox = Sandbox::new(config)?;
         let result = sandbox.run_with(
+            &spec,
+            RunOptions {
+                passthrough: !self.json,
+            },
+        )?;
+        report(&result, self.json)
+    }
+}
+
+impl RunFlags {
+    /// `--backend docker`: refuse native-only flags, run in a container, print the result.
+    fn run_docker(&self, spec: RunSpec) -> anyhow::Result<i32> {
+        let native_only = [
+            ("--no-cgroup", self.no_cgroup),
+            ("--seccomp", self.seccomp.is_some()),
+            ("--no-seccomp", self.no_seccomp),
+            ("--landlock", !matches!(self.landlock, LandlockArg::Strict)),
+        ];
+        if let Some((flag, _)) = native_only.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} applies to the native sandbox only; --backend docker always uses Docker's default seccomp profile and no Landlock"
+            );
+        }
+        let backend = DockerBackend::new(DockerConfig {
+            image: self.docker_image.clone(),
+            cancel_on_signals: true,
+            ..DockerConfig::default()
+        })?;
+        let result = backend.run(
             &spec,
             RunOptions {
                 passthrough: !self.json,

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod common;
+pub mod docker;
 pub mod doctor;
 pub mod exec;
 pub mod run;
@@ -25,6 +26,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check what this host supports and which isolation layers a run gets.
     Doctor(doctor::DoctorArgs),
+    /// Docker mode: build the worker image, clean up (`kakoi docker build-image`).
+    Docker(docker::DockerArgs),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -34,6 +37,7 @@ pub fn main() -> i32 {
         Command::Exec(args) => args.execute(),
         Command::Run(args) => args.execute(),
         Command::Doctor(args) => args.execute(),
+        Command::Docker(args) => args.execute(),
     };
     match outcome {
         Ok(code) => code,
@@ -49,5 +53,8 @@ pub fn print_error_chain(err: &anyhow::Error) {
     eprintln!("kakoi: error: {err}");
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
+    }
+    for hint in docker::hints(err) {
+        eprintln!("  hint: {hint}");
     }
 }
