@@ -25,8 +25,25 @@ pub struct DockerArgs {
 pub enum DockerCommand {
     /// Build the worker image that `--backend docker` runs in (no registry needed).
     BuildImage(BuildImageArgs),
+    /// Make sure the local Debian base image exists (cached debootstrap + import) and print
+    /// its tag, e.g. for `docker build --build-arg BASE=$(kakoi docker base-image) ...`.
+    BaseImage(BaseImageArgs),
     /// Remove containers and cgroups left by kakoi processes that died.
     Clean,
+}
+
+/// Options of `kakoi docker base-image`.
+#[derive(Debug, Args)]
+pub struct BaseImageArgs {
+    /// Where the debootstrap rootfs tarball is cached.
+    #[arg(long, value_name = "DIR", env = "KAKOI_DOCKER_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Debian suite.
+    #[arg(long, default_value = image::SUITE)]
+    pub suite: String,
+    /// apt mirror.
+    #[arg(long, default_value = image::MIRROR)]
+    pub mirror: String,
 }
 
 /// Options of `kakoi docker build-image`.
@@ -61,6 +78,14 @@ impl DockerArgs {
     pub fn execute(self) -> anyhow::Result<i32> {
         match self.command {
             DockerCommand::BuildImage(args) => args.execute(),
+            DockerCommand::BaseImage(args) => {
+                let runtime = docker_backend::runtime()?;
+                let (docker, _) = runtime.block_on(docker_backend::connect_engine())?;
+                let cache_dir = args.cache_dir.unwrap_or_else(image::default_cache_dir);
+                let tag = debian_base(&runtime, &docker, &cache_dir, &args.suite, &args.mirror)?;
+                println!("{tag}");
+                Ok(0)
+            }
             DockerCommand::Clean => {
                 let runtime = docker_backend::runtime()?;
                 // Cleaning needs no worker image.
@@ -75,6 +100,35 @@ impl DockerArgs {
             }
         }
     }
+}
+
+/// The cached debootstrap rootfs, imported: returns the base image's tag.
+fn debian_base(
+    runtime: &tokio::runtime::Runtime,
+    docker: &bollard::Docker,
+    cache_dir: &std::path::Path,
+    suite: &str,
+    mirror: &str,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let rootfs = image::ensure_rootfs(cache_dir, suite, mirror, &note)?;
+    note(&format!(
+        "rootfs {} ({} in {:.1} s)",
+        rootfs.path.display(),
+        if rootfs.cache_hit { "cached" } else { "built" },
+        started.elapsed().as_secs_f64()
+    ));
+    let tag = image::debootstrap_base_tag(&rootfs, suite);
+    let started = Instant::now();
+    if runtime.block_on(image::import_rootfs(docker, &rootfs.path, &tag))? {
+        note(&format!(
+            "imported as {tag} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+    } else {
+        note(&format!("base {tag} already imported"));
+    }
+    Ok(tag)
 }
 
 fn note(message: &str) {

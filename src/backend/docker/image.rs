@@ -485,6 +485,27 @@ pub async fn build_worker(
     if !image_exists(docker, base).await? {
         return Err(ImageError::BaseMissing { image: base.into() });
     }
+    let previous = docker.inspect_image(tag).await.ok().and_then(|i| i.id);
+    let id = build_worker_image(docker, base, tag, progress).await?;
+    // The tag moved: drop the image it named before, unless something still uses it.
+    if let Some(old) = previous.filter(|old| *old != id) {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        if let Err(e) = docker.remove_image(&old, Some(options), None).await {
+            tracing::info!("kept the previous {tag} image {old}: {e}");
+        }
+    }
+    Ok(id)
+}
+
+async fn build_worker_image(
+    docker: &Docker,
+    base: &str,
+    tag: &str,
+    progress: &dyn Fn(&str),
+) -> Result<String, ImageError> {
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(tag.into()),

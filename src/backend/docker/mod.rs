@@ -247,11 +247,10 @@ pub async fn connect_engine() -> Result<(Docker, Engine), DockerError> {
         .negotiate_version()
         .await
         .map_err(unreachable)?;
-    let version = docker.version().await.map_err(unreachable)?;
-    let info = docker.info().await.map_err(api("read the engine's info"))?;
+    let info = docker.info().await.map_err(unreachable)?;
     let engine = Engine {
         endpoint: endpoint.clone(),
-        version: version.version.unwrap_or_default(),
+        version: info.server_version.clone().unwrap_or_default(),
         api_version: docker.client_version().to_string(),
         cgroup_driver: info
             .cgroup_driver
