@@ -758,6 +758,11 @@ fn sigterm_cancels_the_run_and_removes_the_container() {
     let out = child.wait_with_output().unwrap();
     let r = parse_result(&out);
     assert_eq!(r.status, Status::Cancelled, "{r:#?}");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "exit 128 + SIGTERM"
+    );
     assert_eq!(containers_of(&[pid].into()), Vec::<String>::new());
     assert_eq!(docker_parents_of(&[pid].into()), Vec::<PathBuf>::new());
 }

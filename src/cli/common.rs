@@ -260,13 +260,16 @@ impl RunFlags {
             cancel_on_signals: true,
             ..DockerConfig::default()
         })?;
-        let result = backend.run(
-            &spec,
-            RunOptions {
-                passthrough: !self.json,
-            },
-        )?;
-        report(&result, self.json)
+        // The core adds fields to RunOptions (a cancel fd); the rest keep their defaults.
+        #[allow(clippy::needless_update)]
+        let options = RunOptions {
+            passthrough: !self.json,
+            ..RunOptions::default()
+        };
+        let (result, cancelled_by) = backend.run_reporting_signal(&spec, options)?;
+        let code = report(&result, self.json)?;
+        // Cancelled by SIGINT/SIGTERM/SIGHUP: exit 128 + the signal, like a killed program.
+        Ok(cancelled_by.map_or(code, |signal| 128 + signal))
     }
 }
 

@@ -85,11 +85,9 @@ impl RunParent {
             if let Some(peak) = read_u64(&dir.join("memory.max_usage_in_bytes")) {
                 stats.peak_memory_bytes = Some(peak);
             }
-            if let Some(ns) = read_u64(&dir.join("cpuacct.usage_user")) {
-                stats.cpu_user_usec = Some(ns / 1000);
-            }
-            if let Some(ns) = read_u64(&dir.join("cpuacct.usage_sys")) {
-                stats.cpu_system_usec = Some(ns / 1000);
+            if let Some((user, system)) = cpuacct_split(dir) {
+                stats.cpu_user_usec = Some(user);
+                stats.cpu_system_usec = Some(system);
             }
         }
         Some(stats)
@@ -103,6 +101,30 @@ impl RunParent {
                 tracing::warn!("cannot remove {}: {e}", dir.display());
             }
         }
+    }
+}
+
+/// User and system CPU time (µs) from a v1 cpuacct directory.
+///
+/// `cpuacct.usage` is the scheduler's exact run time; `cpuacct.usage_user` and `_sys` come
+/// from tick sampling, which under load (and with steal time in a VM) can miss a fifth of
+/// it. So the exact total is split in the sampled user:system proportion, as the kernel does
+/// for `/proc/<pid>/stat` (`cputime_adjust`).
+fn cpuacct_split(dir: &Path) -> Option<(u64, u64)> {
+    let user = read_u64(&dir.join("cpuacct.usage_user"));
+    let system = read_u64(&dir.join("cpuacct.usage_sys"));
+    let total = read_u64(&dir.join("cpuacct.usage"));
+    match (total, user, system) {
+        (Some(total), Some(user), Some(system)) => {
+            let sampled = u128::from(user) + u128::from(system);
+            // Nothing sampled yet (a very short run): count it all as user time.
+            let user_ns = (u128::from(total) * u128::from(user))
+                .checked_div(sampled)
+                .map_or(total, |ns| ns as u64);
+            Some((user_ns / 1000, (total - user_ns.min(total)) / 1000))
+        }
+        (None, Some(user), Some(system)) => Some((user / 1000, system / 1000)),
+        _ => None,
     }
 }
 
@@ -192,15 +214,22 @@ mod tests {
         std::fs::create_dir_all(&memory).unwrap();
         std::fs::create_dir_all(&cpuacct).unwrap();
         std::fs::write(memory.join("memory.max_usage_in_bytes"), "1048576\n").unwrap();
-        std::fs::write(cpuacct.join("cpuacct.usage_user"), "5000000\n").unwrap();
-        std::fs::write(cpuacct.join("cpuacct.usage_sys"), "2000\n").unwrap();
+        std::fs::write(cpuacct.join("cpuacct.usage_user"), "3000000\n").unwrap();
+        std::fs::write(cpuacct.join("cpuacct.usage_sys"), "1000000\n").unwrap();
         assert_eq!(
             parent.stats(),
             Some(Stats {
                 peak_memory_bytes: Some(1 << 20),
-                cpu_user_usec: Some(5000),
-                cpu_system_usec: Some(2),
+                cpu_user_usec: Some(3000),
+                cpu_system_usec: Some(1000),
             })
+        );
+        // The exact total, split 3:1 as sampled.
+        std::fs::write(cpuacct.join("cpuacct.usage"), "8000000\n").unwrap();
+        let stats = parent.stats().unwrap();
+        assert_eq!(
+            (stats.cpu_user_usec, stats.cpu_system_usec),
+            (Some(6000), Some(2000))
         );
     }
 

@@ -20,12 +20,22 @@
 //! dropped mid-run removes it from a spawned task, and containers of kakoi processes that
 //! died (SIGKILL) are removed when the next [`DockerClient`] connects (owner.rs).
 //!
-//! Returned files (`/work/out`): `/work` is a tmpfs inside the container's mount namespace,
-//! gone when the container stops, and the archive API cannot see it while it runs. The
-//! planned design is for the entry to run the payload as a child when collection is asked
-//! for, report its status, and keep the container alive while kakoi streams `tar -c -C
-//! /work/out .` out through an exec (no symlink is followed: tar stores links as links, and
-//! kakoi skips them), capped in count and bytes, before it kills and removes the container.
+//! Returned files (`RunSpec::collect`, not on main yet): `/work` is a tmpfs inside the
+//! container's mount namespace, gone when the container stops, and the archive API cannot
+//! read it even while the container runs (`GET /containers/{id}/archive?path=/work/out` is
+//! "could not find the file" on Docker 20.10: the daemon looks at the layers, not the
+//! container's mounts). The planned design, a change to the entry and to `drive`:
+//! 1. With collection asked for, the entry does not exec the payload but runs it as its
+//!    child (`"$@"; status=$?`) and then writes `kakoi-entry 1 exit <nonce> <status>` on
+//!    stdout (`<nonce>` is per run, passed in the command), and waits.
+//! 2. `drive` looks for that line at the end of the stdout stream (its bytes are not
+//!    payload output), and instead of waiting for the container's exit it execs
+//!    `tar -c -C /work/out .` in the container (exec API) and reads the tar stream with the
+//!    spec's caps: regular files only (tar stores a symlink as a link, so nothing is
+//!    followed; links and special files become `skipped` entries), count and byte caps,
+//!    the rest drained and dropped.
+//! 3. Then the container is killed and removed as on every path. A payload can forge the
+//!    line only for its own run (it can pick its own exit code anyway).
 
 mod accounting;
 pub mod entry;
@@ -309,6 +319,8 @@ struct Observed {
     exit_code: Option<i64>,
     timed_out: bool,
     cancelled: bool,
+    /// The signal that cancelled the run.
+    cancel_signal: Option<i32>,
 }
 
 /// One output stream with its cap.
@@ -467,6 +479,16 @@ impl DockerClient {
 
     /// Run one request and wait for it.
     pub async fn run(&self, spec: &RunSpec, options: RunOptions) -> Result<RunResult, DockerError> {
+        Ok(self.run_reporting_signal(spec, options).await?.0)
+    }
+
+    /// [`DockerClient::run`], also returning the signal that cancelled the run (with
+    /// [`DockerConfig::cancel_on_signals`]), so a CLI can exit with 128 + it.
+    pub async fn run_reporting_signal(
+        &self,
+        spec: &RunSpec,
+        options: RunOptions,
+    ) -> Result<(RunResult, Option<i32>), DockerError> {
         let started = Instant::now();
         let spec = spec.validate()?;
         let argv = spec
@@ -545,7 +567,11 @@ impl DockerClient {
             cgroupns_private,
         };
         let cleanup_ms = ms(cleanup_started.elapsed());
-        Ok(self.assemble(&spec, observed, facts, started, cleanup_ms))
+        let cancel_signal = observed.cancel_signal;
+        Ok((
+            self.assemble(&spec, observed, facts, started, cleanup_ms),
+            cancel_signal,
+        ))
     }
 
     /// Every setting of the container, in one place.
@@ -751,8 +777,9 @@ impl DockerClient {
                     tracing::warn!("output still open {DRAIN_AFTER_EXIT:?} after the container exited; stopped reading");
                     output_done = true;
                 }
-                () = wait_signal(&mut signals), if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
+                signal = wait_signal(&mut signals), if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
                     o.cancelled = true;
+                    o.cancel_signal = Some(signal);
                     self.kill(id).await?;
                 }
             }
@@ -1011,13 +1038,13 @@ impl Signals {
     }
 }
 
-async fn wait_signal(signals: &mut Option<Signals>) {
+async fn wait_signal(signals: &mut Option<Signals>) -> i32 {
     match signals {
         Some(s) => {
             tokio::select! {
-                _ = s.int.recv() => {}
-                _ = s.term.recv() => {}
-                _ = s.hup.recv() => {}
+                _ = s.int.recv() => libc::SIGINT,
+                _ = s.term.recv() => libc::SIGTERM,
+                _ = s.hup.recv() => libc::SIGHUP,
             }
         }
         None => std::future::pending().await,
@@ -1070,10 +1097,20 @@ impl DockerBackend {
 
     /// Run one request (the synchronous form of [`DockerClient::run`]).
     pub fn run(&self, spec: &RunSpec, options: RunOptions) -> Result<RunResult, DockerError> {
+        Ok(self.run_reporting_signal(spec, options)?.0)
+    }
+
+    /// [`DockerBackend::run`], also returning the signal that cancelled the run.
+    pub fn run_reporting_signal(
+        &self,
+        spec: &RunSpec,
+        options: RunOptions,
+    ) -> Result<(RunResult, Option<i32>), DockerError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(DockerError::InsideRuntime);
         }
-        self.runtime.block_on(self.client.run(spec, options))
+        self.runtime
+            .block_on(self.client.run_reporting_signal(spec, options))
     }
 }
 
