@@ -848,3 +848,54 @@ fn docker_mode_is_reported_as_such_with_its_limits() {
     assert_eq!(&lines[4..], ["8192", "8192"], "tmpfs sizes");
     assert!(r.isolation.rlimits.contains(&("cpu".into(), 3)));
 }
+
+#[test]
+fn async_client_runs_concurrently_in_a_multi_threaded_runtime_and_cancels() {
+    let _g = setup!();
+    use kakoi::backend::docker::DockerClient;
+    use kakoi::sandbox::RunOptions;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = DockerClient::connect(DockerConfig::default())
+            .await
+            .unwrap();
+        let a = kakoi::RunSpec::command(["sh", "-c", "sleep 0.3; echo a"]);
+        let b = kakoi::RunSpec::command(["sh", "-c", "sleep 0.3; echo b >&2"]);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            client.run(&a, RunOptions::default()),
+            client.run(&b, RunOptions::default())
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.status, a.stdout.as_str()), (Status::Ok, "a\n"), "{a:#?}");
+        assert_eq!((b.status, b.stderr.as_str()), (Status::Ok, "b\n"), "{b:#?}");
+        eprintln!("two concurrent docker runs in {:?}", started.elapsed());
+        // Cancellation by a future (a server's token): killed, removed, `cancelled`.
+        let r = client
+            .run_cancellable(
+                &kakoi::RunSpec::command(["sleep", "100"]),
+                RunOptions::default(),
+                tokio::time::sleep(Duration::from_millis(800)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Cancelled, "{r:#?}");
+        assert!(r.wall_ms < 5000.0, "{r:#?}");
+        // The synchronous wrapper refuses to block inside a runtime.
+        assert!(matches!(
+            DockerBackend::new(DockerConfig::default()),
+            Err(kakoi::backend::docker::DockerError::InsideRuntime)
+        ));
+    });
+    let me: BTreeSet<u32> = [std::process::id()].into();
+    assert_eq!(containers_of(&me), Vec::<String>::new(), "containers left");
+    assert_eq!(
+        docker_parents_of(&me),
+        Vec::<PathBuf>::new(),
+        "cgroups left"
+    );
+}

@@ -489,6 +489,27 @@ impl DockerClient {
         spec: &RunSpec,
         options: RunOptions,
     ) -> Result<(RunResult, Option<i32>), DockerError> {
+        self.run_until(spec, options, std::future::pending()).await
+    }
+
+    /// [`DockerClient::run`] that is cancelled when `cancel` completes (for example a
+    /// cancellation token of a server whose client went away): the container is killed and
+    /// removed as on every path, and the result has the status `cancelled`.
+    pub async fn run_cancellable(
+        &self,
+        spec: &RunSpec,
+        options: RunOptions,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<RunResult, DockerError> {
+        Ok(self.run_until(spec, options, cancel).await?.0)
+    }
+
+    async fn run_until(
+        &self,
+        spec: &RunSpec,
+        options: RunOptions,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(RunResult, Option<i32>), DockerError> {
         let started = Instant::now();
         let spec = spec.validate()?;
         let argv = spec
@@ -536,7 +557,9 @@ impl DockerClient {
             id: Some(id.clone()),
         };
 
-        let observed = self.drive(&id, &spec, prefix, stdin, options).await;
+        let observed = self
+            .drive(&id, &spec, Input { prefix, stdin }, options, cancel)
+            .await;
         let inspected = self
             .docker
             .inspect_container(
@@ -686,10 +709,12 @@ impl DockerClient {
         &self,
         id: &str,
         spec: &ValidSpec,
-        prefix: Vec<u8>,
-        stdin: Vec<u8>,
+        input: Input,
         options: RunOptions,
+        cancel: impl std::future::Future<Output = ()>,
     ) -> Result<Observed, DockerError> {
+        let Input { prefix, stdin } = input;
+        let mut cancel = std::pin::pin!(cancel);
         let attached = self
             .docker
             .attach_container(
@@ -780,6 +805,10 @@ impl DockerClient {
                 signal = wait_signal(&mut signals), if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
                     o.cancelled = true;
                     o.cancel_signal = Some(signal);
+                    self.kill(id).await?;
+                }
+                () = &mut cancel, if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
+                    o.cancelled = true;
                     self.kill(id).await?;
                 }
             }
@@ -967,6 +996,14 @@ impl DockerClient {
             landlock: None,
         }
     }
+}
+
+/// What is fed to the container's stdin.
+struct Input {
+    /// `"<N>\n"` and the tar of the input files.
+    prefix: Vec<u8>,
+    /// The request's stdin.
+    stdin: Vec<u8>,
 }
 
 /// Engine facts about one finished container.
