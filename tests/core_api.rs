@@ -121,7 +121,7 @@ fn returned_files_are_capped_in_count() {
     let r = collect_run(
         r#"
 import os
-os.makedirs("out")
+os.makedirs("out", exist_ok=True)
 for i in range(10000):
     open(f"out/f{i:05}", "w").write("x")
 "#,
@@ -188,7 +188,7 @@ fn returned_files_survive_a_timeout_and_leave_nothing_behind() {
         .args([
             "python3",
             "-c",
-            "import os, time; os.makedirs('out'); open('out/partial.txt','w').write('so far'); time.sleep(60)",
+            "import os, time; os.makedirs('out', exist_ok=True); open('out/partial.txt','w').write('so far'); time.sleep(60)",
         ])
         .stdout(Stdio::piped())
         .spawn()

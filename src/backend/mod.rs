@@ -8,6 +8,8 @@
 //! Higher layers (environments, the HTTP manager, MCP) take a `&dyn Backend` so they work
 //! with either, and with the launcher process a multi-threaded server talks to.
 
+pub mod docker;
+
 use crate::result::RunResult;
 use crate::sandbox::{RunOptions, Sandbox};
 use crate::spec::RunSpec;
@@ -19,6 +21,9 @@ pub enum BackendError {
     /// The native sandbox failed.
     #[error(transparent)]
     Native(#[from] crate::sandbox::Error),
+    /// The Docker backend failed.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
     /// Another backend failed.
     #[error("{message}")]
     Other {

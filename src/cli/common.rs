@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::backend::docker::{DockerBackend, DockerConfig};
 use crate::result::{RunResult, Status};
 use crate::sandbox::landlock::LandlockMode;
 use crate::sandbox::{CgroupMode, RunOptions, Sandbox, SandboxConfig, SeccompSetting};
@@ -81,6 +82,22 @@ pub struct RunFlags {
     /// Print exactly one JSON result object instead of passing output through.
     #[arg(long)]
     pub json: bool,
+    /// Where the request runs: `native` (kakoi's sandbox) or `docker` (a container, for
+    /// comparison; see `kakoi docker build-image`).
+    #[arg(long, value_enum, default_value = "native", env = "KAKOI_BACKEND")]
+    pub backend: BackendArg,
+    /// Worker image of `--backend docker`.
+    #[arg(long, value_name = "IMAGE", env = "KAKOI_DOCKER_IMAGE", default_value = crate::backend::docker::DEFAULT_IMAGE)]
+    pub docker_image: String,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// kakoi's own sandbox (namespaces, cgroups, seccomp, Landlock).
+    Native,
+    /// A Docker container through the Engine API.
+    Docker,
 }
 
 /// `--landlock` values.
@@ -217,18 +234,25 @@ impl RunFlags {
         spec: &RunSpec,
         complete: impl FnOnce(&mut RunResult),
     ) -> anyhow::Result<i32> {
-        let signals = TerminationSignals::block()?;
-        let sandbox = Sandbox::new(self.sandbox_config())?;
-        let mut result = sandbox.run_with(
-            spec,
-            RunOptions {
-                passthrough: !self.json,
-                cancel: Some(signals.as_raw_fd()),
-            },
-        )?;
+        let (mut result, cancelled_by) = match self.backend {
+            BackendArg::Docker => self.run_docker(spec)?,
+            BackendArg::Native => {
+                let signals = TerminationSignals::block()?;
+                let sandbox = Sandbox::new(self.sandbox_config())?;
+                let result = sandbox.run_with(
+                    spec,
+                    RunOptions {
+                        passthrough: !self.json,
+                        cancel: Some(signals.as_raw_fd()),
+                    },
+                )?;
+                (result, signals.received())
+            }
+        };
         complete(&mut result);
         let code = report(&result, self.json)?;
-        Ok(signals.received().map_or(code, |signal| 128 + signal))
+        // Cancelled by SIGINT/SIGTERM/SIGHUP: exit 128 + the signal, like a killed program.
+        Ok(cancelled_by.map_or(code, |signal| 128 + signal))
     }
 
     /// The sandbox settings these flags describe.
@@ -293,6 +317,33 @@ impl TerminationSignals {
             Ok(Some(info)) => Some(info.ssi_signo as i32),
             _ => None,
         }
+    }
+}
+
+impl RunFlags {
+    /// `--backend docker`: refuse native-only flags, run in a container, print the result.
+    fn run_docker(&self, spec: &RunSpec) -> anyhow::Result<(RunResult, Option<i32>)> {
+        let native_only = [
+            ("--no-cgroup", self.no_cgroup),
+            ("--seccomp", self.seccomp.is_some()),
+            ("--no-seccomp", self.no_seccomp),
+            ("--landlock", !matches!(self.landlock, LandlockArg::Strict)),
+        ];
+        if let Some((flag, _)) = native_only.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} applies to the native sandbox only; --backend docker always uses Docker's default seccomp profile and no Landlock"
+            );
+        }
+        let backend = DockerBackend::new(DockerConfig {
+            image: self.docker_image.clone(),
+            cancel_on_signals: true,
+            ..DockerConfig::default()
+        })?;
+        let options = RunOptions {
+            passthrough: !self.json,
+            ..RunOptions::default()
+        };
+        Ok(backend.run_reporting_signal(spec, options)?)
     }
 }
 

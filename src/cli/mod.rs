@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod common;
+pub mod docker;
 pub mod doctor;
 pub mod env;
 pub mod exec;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Internal: draws build progress from uv's output on stdin (used by `env build`/`run -r`).
     #[command(name = "__progress", hide = true)]
     Progress(env::ProgressArgs),
+    /// Docker mode: build the worker image, clean up (`kakoi docker build-image`).
+    Docker(docker::DockerArgs),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -44,6 +47,7 @@ pub fn main() -> i32 {
         Command::Doctor(args) => args.execute(),
         Command::Env(args) => args.execute(),
         Command::Progress(args) => args.execute(),
+        Command::Docker(args) => args.execute(),
     };
     match outcome {
         Ok(code) => code,
@@ -59,5 +63,8 @@ pub fn print_error_chain(err: &anyhow::Error) {
     eprintln!("kakoi: error: {err}");
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
+    }
+    for hint in docker::hints(err) {
+        eprintln!("  hint: {hint}");
     }
 }

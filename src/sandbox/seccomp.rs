@@ -411,6 +411,11 @@ pub fn allowed_syscalls() -> Vec<&'static str> {
     generated::DEFAULT_ALLOWED.to_vec()
 }
 
+/// Syscalls the default policy answers with its `enosys` filter's errno (`ENOSYS`), sorted.
+pub fn enosys_syscalls() -> Vec<&'static str> {
+    generated::DEFAULT_ENOSYS.to_vec()
+}
+
 /// Syscalls the default policy reports as violations, sorted.
 pub fn reported_syscalls() -> Vec<&'static str> {
     generated::DEFAULT_REPORTED.to_vec()
