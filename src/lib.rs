@@ -4,8 +4,10 @@
 pub mod backend;
 pub mod cli;
 pub mod host;
+pub mod lint;
 pub mod result;
 pub mod sandbox;
+pub mod server;
 pub mod spec;
 
 pub use backend::{Backend, BackendError};

@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 pub mod common;
 pub mod doctor;
 pub mod exec;
+pub mod launch;
 pub mod run;
+pub mod serve;
 
 /// Run untrusted code in a Linux sandbox built from namespaces, cgroups, seccomp and Landlock.
 #[derive(Debug, Parser)]
@@ -25,6 +27,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check what this host supports and which isolation layers a run gets.
     Doctor(doctor::DoctorArgs),
+    /// Serve the HTTP API (`POST /run`, `/health`, `/metrics`, `/openapi.json`, `/envs`).
+    Serve(serve::ServeArgs),
+    /// Internal: the single-threaded launcher `kakoi serve` spawns.
+    #[command(name = "__launch", hide = true)]
+    Launch(launch::LaunchArgs),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -34,6 +41,8 @@ pub fn main() -> i32 {
         Command::Exec(args) => args.execute(),
         Command::Run(args) => args.execute(),
         Command::Doctor(args) => args.execute(),
+        Command::Serve(args) => args.execute(),
+        Command::Launch(args) => args.execute(),
     };
     match outcome {
         Ok(code) => code,
