@@ -192,6 +192,16 @@ impl RunFlags {
 
     /// Create a sandbox, run the request, print the result; returns the exit code.
     pub fn run_and_report(&self, spec: RunSpec) -> anyhow::Result<i32> {
+        self.run_and_report_with(spec, |_| {})
+    }
+
+    /// [`RunFlags::run_and_report`], letting the caller add to the result before it is
+    /// printed (lint and format reports).
+    pub fn run_and_report_with(
+        &self,
+        spec: RunSpec,
+        decorate: impl FnOnce(&mut RunResult),
+    ) -> anyhow::Result<i32> {
         let config = SandboxConfig {
             cgroups: if self.no_cgroup {
                 CgroupMode::Off
@@ -211,12 +221,13 @@ impl RunFlags {
             ..SandboxConfig::default()
         };
         let sandbox = Sandbox::new(config)?;
-        let result = sandbox.run_with(
+        let mut result = sandbox.run_with(
             &spec,
             RunOptions {
                 passthrough: !self.json,
             },
         )?;
+        decorate(&mut result);
         report(&result, self.json)
     }
 }

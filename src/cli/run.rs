@@ -7,6 +7,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::common::RunFlags;
+use crate::lint::{FormatMode, LintMode, Ruff};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::spec::{InputFile, Source, WORKDIR};
 
 /// The interpreter used by `kakoi run` until environments exist.
@@ -18,6 +20,14 @@ pub struct RunArgs {
     /// Limits, inputs and output.
     #[command(flatten)]
     pub flags: RunFlags,
+    /// Run `ruff format` (in a sandbox) first: `check` reports a diff, `apply` runs the
+    /// formatted program. ruff comes from $KAKOI_RUFF or PATH.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "check")]
+    pub format: Option<FormatMode>,
+    /// Run `ruff check` (in a sandbox, pinned rules E4,E7,E9,F) first: `warn` reports,
+    /// `error` refuses to run a program with diagnostics.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "warn")]
+    pub lint: Option<LintMode>,
     /// The Python file; it is copied into the workdir as main.py.
     #[arg(value_name = "MAIN.PY")]
     pub main: PathBuf,
@@ -47,13 +57,80 @@ impl RunArgs {
         if spec.files.iter().any(|f| f.dest.as_os_str() == "main.py") {
             bail!("--file may not replace main.py");
         }
+        let format = self.format.unwrap_or_default();
+        let lint = self.lint.unwrap_or_default();
+        if format == FormatMode::Off && lint == LintMode::Off {
+            spec.files.insert(
+                0,
+                InputFile {
+                    source: Source::Path(self.main.clone()),
+                    dest: "main.py".into(),
+                },
+            );
+            return self.flags.run_and_report(spec);
+        }
+        let code = std::fs::read_to_string(&self.main)
+            .with_context(|| format!("cannot read {} as UTF-8 text", self.main.display()))?;
+        let (code, format_report, lint_report) = ruff_pass(code, format, lint, self.flags.json)?;
         spec.files.insert(
             0,
             InputFile {
-                source: Source::Path(self.main.clone()),
+                source: Source::Bytes(code.into_bytes()),
                 dest: "main.py".into(),
             },
         );
-        self.flags.run_and_report(spec)
+        self.flags.run_and_report_with(spec, |r| {
+            r.format = format_report;
+            r.lint = lint_report;
+        })
     }
+}
+
+/// `ruff format` then `ruff check`, each in a default sandbox (ruff parses untrusted input).
+fn ruff_pass(
+    code: String,
+    format: FormatMode,
+    lint: LintMode,
+    json: bool,
+) -> anyhow::Result<(
+    String,
+    Option<crate::result::FormatReport>,
+    Option<crate::result::LintReport>,
+)> {
+    let ruff = Ruff::locate(None)?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let mut code = code;
+    let mut format_report = None;
+    if format != FormatMode::Off {
+        let formatted = ruff.format(&sandbox, &code, format)?;
+        if !json {
+            if let Some(e) = &formatted.report.error {
+                eprintln!("kakoi: format: {e}");
+            } else if formatted.report.changed {
+                eprint!("kakoi: format: main.py would be reformatted\n{}", formatted.report.diff);
+            }
+        }
+        if format == FormatMode::Apply
+            && let Some(new_code) = formatted.code.clone()
+        {
+            code = new_code;
+        }
+        format_report = Some(formatted.report);
+    }
+    let mut lint_report = None;
+    if lint != LintMode::Off {
+        let report = ruff.check(&sandbox, &code, lint)?;
+        if lint == LintMode::Error && !report.diagnostics.is_empty() {
+            bail!(
+                "lint=error: ruff reported {} diagnostic(s); the program was not run\n{}",
+                report.diagnostics.len(),
+                crate::lint::describe(&report)
+            );
+        }
+        if !json && !report.diagnostics.is_empty() {
+            eprintln!("{}", crate::lint::describe(&report));
+        }
+        lint_report = Some(report);
+    }
+    Ok((code, format_report, lint_report))
 }
