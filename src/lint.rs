@@ -312,7 +312,13 @@ pub fn parse_format(
                     mode: mode.name().into(),
                     changed: false,
                     diff: String::new(),
-                    error: Some(result.stderr.trim().trim_start_matches("error: ").to_owned()),
+                    error: Some(
+                        result
+                            .stderr
+                            .trim()
+                            .trim_start_matches("error: ")
+                            .to_owned(),
+                    ),
                 },
                 code: None,
             })
@@ -467,7 +473,10 @@ mod tests {
             &result(Status::RuntimeError, Some(2), "", "error: boom"),
             LintMode::Warn,
         );
-        assert!(matches!(crashed, Err(LintError::Failed { .. })), "{crashed:?}");
+        assert!(
+            matches!(crashed, Err(LintError::Failed { .. })),
+            "{crashed:?}"
+        );
         let garbage = parse_check(&result(Status::Ok, Some(0), "not json", ""), LintMode::Warn);
         assert!(matches!(garbage, Err(LintError::Output(_))), "{garbage:?}");
         let timeout = parse_check(&result(Status::Timeout, None, "", ""), LintMode::Warn);
@@ -483,8 +492,16 @@ mod tests {
         )
         .unwrap();
         assert!(f.report.changed);
-        assert!(f.report.diff.contains("-x=1\n+x = 1\n"), "{}", f.report.diff);
-        assert!(f.report.diff.starts_with("--- main.py\n+++ main.py (formatted)\n"));
+        assert!(
+            f.report.diff.contains("-x=1\n+x = 1\n"),
+            "{}",
+            f.report.diff
+        );
+        assert!(
+            f.report
+                .diff
+                .starts_with("--- main.py\n+++ main.py (formatted)\n")
+        );
         assert_eq!(f.code.as_deref(), Some("x = 1\n"));
         let same = parse_format(
             &result(Status::Ok, Some(0), "x = 1\n", ""),
@@ -522,7 +539,10 @@ mod tests {
             .collect();
         assert_eq!(argv[0], RUFF_SANDBOX_PATH);
         for pinned in ["--isolated", "--no-cache", RUFF_SELECT, RUFF_TARGET, "json"] {
-            assert!(argv.iter().any(|a| a == pinned), "{pinned} missing: {argv:?}");
+            assert!(
+                argv.iter().any(|a| a == pinned),
+                "{pinned} missing: {argv:?}"
+            );
         }
         assert_eq!(spec.binds_ro[0].host, Path::new("/opt/ruff/bin/ruff"));
         assert!(spec.binds_rw.is_empty());

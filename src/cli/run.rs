@@ -107,7 +107,10 @@ fn ruff_pass(
             if let Some(e) = &formatted.report.error {
                 eprintln!("kakoi: format: {e}");
             } else if formatted.report.changed {
-                eprint!("kakoi: format: main.py would be reformatted\n{}", formatted.report.diff);
+                eprint!(
+                    "kakoi: format: main.py would be reformatted\n{}",
+                    formatted.report.diff
+                );
             }
         }
         if format == FormatMode::Apply

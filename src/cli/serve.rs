@@ -19,7 +19,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KAKOI_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// Bearer token clients must send (prefer the variable over the flag: flags show in ps).
-    #[arg(long, env = "KAKOI_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "KAKOI_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// File holding the bearer token.
     #[arg(long, env = "KAKOI_TOKEN_FILE", value_name = "PATH")]
@@ -78,7 +83,10 @@ impl ServeArgs {
     /// Serve until SIGTERM/SIGINT.
     pub fn execute(self) -> anyhow::Result<i32> {
         if self.print_openapi {
-            println!("{}", serde_json::to_string_pretty(&server::http::openapi())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&server::http::openapi())?
+            );
             return Ok(0);
         }
         let file = match &self.config {
@@ -87,7 +95,8 @@ impl ServeArgs {
         };
         let config = file.overlay(self.overlay()).validate()?;
         init_tracing(config.log_format);
-        if config.token.is_none() && matches!(config.listen, server::Listen::Tcp(a) if !a.ip().is_loopback())
+        if config.token.is_none()
+            && matches!(config.listen, server::Listen::Tcp(a) if !a.ip().is_loopback())
         {
             tracing::warn!(
                 "listening on a non-loopback address without a bearer token: anyone who can reach it can run code"

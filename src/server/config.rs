@@ -243,7 +243,7 @@ pub struct RequestedLimits {
 /// A request may lower any limit and may raise it up to the maximum; asking for more than
 /// the maximum is refused (HTTP 400, naming the limit and the maximum), never silently
 /// clamped, so a caller never gets less than it believes it got.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Policy {
     /// Used when a request does not say.
     pub defaults: LimitValues,
@@ -251,16 +251,6 @@ pub struct Policy {
     pub max: LimitValues,
     /// Whether `network = true` is allowed.
     pub allow_network: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            defaults: LimitValues::default(),
-            max: LimitValues::default(),
-            allow_network: false,
-        }
-    }
 }
 
 impl Policy {
@@ -442,7 +432,10 @@ impl RawConfig {
         let seconds = |key: &str, v: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
             let v = v.unwrap_or(default);
             if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
-                return Err(invalid(key, format!("{v} is not a number of seconds in 0..=86400")));
+                return Err(invalid(
+                    key,
+                    format!("{v} is not a number of seconds in 0..=86400"),
+                ));
             }
             Ok(Duration::from_secs_f64(v))
         };
@@ -582,7 +575,11 @@ mod tests {
         assert_eq!(c.policy.defaults.timeout, 5.0);
         assert_eq!(c.policy.defaults.memory, 128 << 20);
         assert_eq!(c.policy.max.timeout, 60.0);
-        assert_eq!(c.policy.max.memory, 128 << 20, "max defaults to the defaults");
+        assert_eq!(
+            c.policy.max.memory,
+            128 << 20,
+            "max defaults to the defaults"
+        );
         assert_eq!(c.worker.landlock, LandlockChoice::BestEffort);
         assert_eq!(c.worker.seccomp, SeccompChoice::Off);
         assert_eq!(c.max_upload, DEFAULT_MAX_UPLOAD);
@@ -603,7 +600,9 @@ mod tests {
         assert!(err("workers = 0").contains("workers"));
         assert!(err("token = \"short\"").contains("16 characters"));
         assert!(err("[limits]\nmemory = \"lots\"").contains("limits.memory"));
-        assert!(err("[limits]\ntimeout = 20\n[max_limits]\ntimeout = 10").contains("over max_limits"));
+        assert!(
+            err("[limits]\ntimeout = 20\n[max_limits]\ntimeout = 10").contains("over max_limits")
+        );
         assert!(err("[limits]\npids = 0").contains("pids"));
         assert!(err("queue_timeout = -1").contains("queue_timeout"));
     }

@@ -270,8 +270,7 @@ async fn auth(State(app): State<AppState>, req: Request, next: Next) -> Response
 fn valid_request_id(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 64
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -313,9 +312,8 @@ async fn read_limited(body: Body, limit: u64) -> Result<Vec<u8>, ServiceError> {
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ServiceError::bad_request(format!("cannot read the request body: {e}"))
-        })?;
+        let chunk = chunk
+            .map_err(|e| ServiceError::bad_request(format!("cannot read the request body: {e}")))?;
         if (out.len() + chunk.len()) as u64 > limit {
             return Err(too_large(limit));
         }

@@ -56,11 +56,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("kakoi");
         let runs = Family::<StatusLabel, Counter>::default();
-        registry.register(
-            "runs",
-            "Finished runs by result status",
-            runs.clone(),
-        );
+        registry.register("runs", "Finished runs by result status", runs.clone());
         let run_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "run_duration_seconds",
@@ -80,7 +76,11 @@ impl Metrics {
             envs.clone(),
         );
         let http = Family::<CodeLabel, Counter>::default();
-        registry.register("http_responses", "HTTP responses by status code", http.clone());
+        registry.register(
+            "http_responses",
+            "HTTP responses by status code",
+            http.clone(),
+        );
         let queued = Gauge::default();
         registry.register("queue_depth", "Runs waiting for a sandbox", queued.clone());
         let running = Gauge::default();
@@ -175,7 +175,10 @@ mod tests {
             ..PoolStats::default()
         });
         assert!(text.contains("kakoi_runs_total{status=\"ok\"} 2"), "{text}");
-        assert!(text.contains("kakoi_runs_total{status=\"timeout\"} 1"), "{text}");
+        assert!(
+            text.contains("kakoi_runs_total{status=\"timeout\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("kakoi_rejected_runs_total{reason=\"queue_full\"} 1"));
         assert!(text.contains("kakoi_env_resolutions_total{cache=\"hit\"} 1"));
         assert!(text.contains("kakoi_queue_depth 3"));

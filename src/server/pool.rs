@@ -219,7 +219,11 @@ impl WorkerPool {
         tokio::task::spawn_blocking(sweep_stale_cgroups)
             .await
             .unwrap_or(());
-        let first = pool.inner.spawn_worker().await.map_err(PoolError::Launcher)?;
+        let first = pool
+            .inner
+            .spawn_worker()
+            .await
+            .map_err(PoolError::Launcher)?;
         pool.inner.put_idle(first);
         if pool.inner.config.prestart {
             let more = pool.inner.config.workers.saturating_sub(1);
@@ -408,12 +412,16 @@ impl Inner {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = self.spawner.spawn(cmd).await.map_err(|e| JobError::Launcher {
-            message: format!(
-                "cannot spawn {} __launch: {e}",
-                self.config.program.display()
-            ),
-        })?;
+        let mut child = self
+            .spawner
+            .spawn(cmd)
+            .await
+            .map_err(|e| JobError::Launcher {
+                message: format!(
+                    "cannot spawn {} __launch: {e}",
+                    self.config.program.display()
+                ),
+            })?;
         self.spawned.fetch_add(1, Ordering::Relaxed);
         let pid = child.id();
         let pipes = child
@@ -594,7 +602,11 @@ impl Drop for Busy {
         if let Some(w) = self.worker.take() {
             // The caller went away before the result: cancel the run. Until the core's
             // cancel fd lands this kills the worker (and so its sandbox).
-            tracing::info!(run = self.id, worker = w.pid, "run cancelled: killing its launcher");
+            tracing::info!(
+                run = self.id,
+                worker = w.pid,
+                "run cancelled: killing its launcher"
+            );
             self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
             self.inner.kill_worker(w);
         }

@@ -246,14 +246,19 @@ mod tests {
             buf.len() - 4 - encode(&ToWorker::Cancel { id: 7 }).unwrap().len()
         );
         let mut r = buf.as_slice();
-        assert_eq!(read_frame::<_, ToWorker>(&mut r).unwrap(), Some(run_frame()));
+        assert_eq!(
+            read_frame::<_, ToWorker>(&mut r).unwrap(),
+            Some(run_frame())
+        );
         assert_eq!(
             read_frame::<_, ToWorker>(&mut r).unwrap(),
             Some(ToWorker::Cancel { id: 7 })
         );
         assert_eq!(read_frame::<_, ToWorker>(&mut r).unwrap(), None);
 
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut out = Vec::new();
             write_frame_async(&mut out, &run_frame()).await.unwrap();
@@ -282,7 +287,9 @@ mod tests {
             matches!(err, FrameError::TooLarge { len, .. } if len == u64::from(MAX_FRAME) + 1),
             "{err}"
         );
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let err = rt
             .block_on(read_frame_async::<_, ToWorker>(&mut buf.as_slice()))
             .unwrap_err();
@@ -294,18 +301,12 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0, 0], "truncated prefix"),
             (vec![0, 0, 0, 10, b'{'], "truncated body"),
-            (
-                [&5u32.to_be_bytes()[..], b"nope!"].concat(),
-                "not json",
-            ),
+            ([&5u32.to_be_bytes()[..], b"nope!"].concat(), "not json"),
             (
                 [&14u32.to_be_bytes()[..], br#"{"type":"zap"}"#].concat(),
                 "unknown type",
             ),
-            (
-                [&2u32.to_be_bytes()[..], b"{}"].concat(),
-                "no type",
-            ),
+            ([&2u32.to_be_bytes()[..], b"{}"].concat(), "no type"),
             (
                 [
                     &35u32.to_be_bytes()[..],
@@ -318,7 +319,9 @@ mod tests {
         for (bytes, what) in cases {
             let sync = read_frame::<_, ToWorker>(&mut bytes.as_slice());
             assert!(sync.is_err(), "{what}: {sync:?}");
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let asynchronous = rt.block_on(read_frame_async::<_, ToWorker>(&mut bytes.as_slice()));
             assert!(asynchronous.is_err(), "{what}: {asynchronous:?}");
         }
@@ -350,7 +353,10 @@ mod tests {
         }
         let mut r = buf.as_slice();
         for f in &frames {
-            assert_eq!(read_frame::<_, FromWorker>(&mut r).unwrap().as_ref(), Some(f));
+            assert_eq!(
+                read_frame::<_, FromWorker>(&mut r).unwrap().as_ref(),
+                Some(f)
+            );
         }
     }
 }

@@ -119,8 +119,8 @@ fn memory_bytes(m: &SizeField) -> Result<u64, ServiceError> {
 
 /// Parse a JSON body.
 pub fn job_from_json(body: &[u8]) -> Result<Job, ServiceError> {
-    let req: RunRequest = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    let req: RunRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
     if req.files.len() > MAX_FILES {
         return Err(bad(format!("more than {MAX_FILES} files")));
     }
@@ -184,8 +184,8 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let constraints = multer::Constraints::new()
-        .size_limit(multer::SizeLimit::new().whole_stream(limit));
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
     let mut mp = multer::Multipart::with_constraints(stream, boundary, constraints);
     let mut parts = Parts::default();
     while let Some(field) = mp.next_field().await.map_err(multipart_error)? {
@@ -245,12 +245,11 @@ where
 
 fn multipart_error(e: multer::Error) -> ServiceError {
     match e {
-        multer::Error::StreamSizeExceeded { limit } | multer::Error::FieldSizeExceeded { limit, .. } => {
-            ServiceError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("the request body is over the upload limit of {limit} bytes"),
-            )
-        }
+        multer::Error::StreamSizeExceeded { limit }
+        | multer::Error::FieldSizeExceeded { limit, .. } => ServiceError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is over the upload limit of {limit} bytes"),
+        ),
         other => bad(format!("malformed multipart body: {other}")),
     }
 }
@@ -324,8 +323,11 @@ fn parts_to_job(mut parts: Parts) -> Result<Job, ServiceError> {
 
 /// Parse `multipart/form-data; boundary=...`'s boundary.
 pub fn multipart_boundary(content_type: &str) -> Result<String, ServiceError> {
-    multer::parse_boundary(content_type)
-        .map_err(|e| bad(format!("multipart content type without a usable boundary: {e}")))
+    multer::parse_boundary(content_type).map_err(|e| {
+        bad(format!(
+            "multipart content type without a usable boundary: {e}"
+        ))
+    })
 }
 
 /// Parse a whole multipart body held in memory (corpus replay, fuzzing).
@@ -355,8 +357,10 @@ mod tests {
             body.extend_from_slice(b"--XyZ\r\n");
             match file {
                 Some(f) => body.extend_from_slice(
-                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\r\n")
-                        .as_bytes(),
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\r\n"
+                    )
+                    .as_bytes(),
                 ),
                 None => body.extend_from_slice(
                     format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
@@ -378,10 +382,21 @@ mod tests {
                 "format":"apply","lint":"error"}"#,
         )
         .unwrap();
-        assert_eq!(job.program, Program::Python { code: "print(1)".into() });
+        assert_eq!(
+            job.program,
+            Program::Python {
+                code: "print(1)".into()
+            }
+        );
         assert_eq!(job.requirements.as_deref(), Some("numpy\n"));
         assert_eq!(job.stdin.as_deref(), Some(&b"in"[..]));
-        assert_eq!(job.files[0], JobFile { name: "a.txt".into(), content: b"hi".to_vec() });
+        assert_eq!(
+            job.files[0],
+            JobFile {
+                name: "a.txt".into(),
+                content: b"hi".to_vec()
+            }
+        );
         assert_eq!(job.files[1].content, vec![0, 255]);
         assert_eq!(job.limits.timeout, Some(2.5));
         assert_eq!(job.limits.memory, Some(64 << 20));
@@ -399,8 +414,14 @@ mod tests {
             (br#"{"requirements":"x"}"#, "missing field `code`"),
             (br#"{"code":"x","colour":1}"#, "unknown field `colour`"),
             (br#"{"code":"x","files":{"a":{}}}"#, "exactly one"),
-            (br#"{"code":"x","files":{"a":{"text":"1","base64":"AA=="}}}"#, "exactly one"),
-            (br#"{"code":"x","files":{"a":{"base64":"!!"}}}"#, "files.a.base64"),
+            (
+                br#"{"code":"x","files":{"a":{"text":"1","base64":"AA=="}}}"#,
+                "exactly one",
+            ),
+            (
+                br#"{"code":"x","files":{"a":{"base64":"!!"}}}"#,
+                "files.a.base64",
+            ),
             (br#"{"code":"x","memory":"lots"}"#, "memory"),
             (br#"{"code":"x","lint":"loud"}"#, "unknown variant"),
             (br#"{"code":"x","timeout":"soon"}"#, "invalid JSON"),
@@ -425,7 +446,12 @@ mod tests {
             ("lint", None, b"warn"),
         ]);
         let job = job_from_multipart_bytes(&body, "XyZ", 1 << 20).unwrap();
-        assert_eq!(job.program, Program::Python { code: "print(input())".into() });
+        assert_eq!(
+            job.program,
+            Program::Python {
+                code: "print(input())".into()
+            }
+        );
         assert_eq!(job.requirements.as_deref(), Some("rich\n"));
         assert_eq!(job.stdin.as_deref(), Some(&b"hello"[..]));
         let names: Vec<&str> = job.files.iter().map(|f| f.name.as_str()).collect();
@@ -439,16 +465,26 @@ mod tests {
     fn bad_multipart_bodies_are_400_or_413() {
         let e = |body: Vec<u8>| job_from_multipart_bytes(&body, "XyZ", 4096).unwrap_err();
         let no_main = e(form(&[("timeout", None, b"1")]));
-        assert!(no_main.message.contains("no main.py"), "{}", no_main.message);
+        assert!(
+            no_main.message.contains("no main.py"),
+            "{}",
+            no_main.message
+        );
         let twice = e(form(&[("main.py", None, b"1"), ("main.py", None, b"2")]));
         assert!(twice.message.contains("twice"));
         let unknown = e(form(&[("main.py", None, b"1"), ("colour", None, b"red")]));
         assert!(unknown.message.contains("unknown form field"));
         let nan = e(form(&[("main.py", None, b"1"), ("timeout", None, b"NaN")]));
         assert!(nan.message.contains("not a number"));
-        let net = e(form(&[("main.py", None, b"1"), ("network", None, b"maybe")]));
+        let net = e(form(&[
+            ("main.py", None, b"1"),
+            ("network", None, b"maybe"),
+        ]));
         assert!(net.message.contains("network"));
-        let fmt = e(form(&[("main.py", None, b"1"), ("format", None, b"pretty")]));
+        let fmt = e(form(&[
+            ("main.py", None, b"1"),
+            ("format", None, b"pretty"),
+        ]));
         assert!(fmt.message.contains("format"));
         let binary = e(form(&[("main.py", None, b"\xff\xfe")]));
         assert!(binary.message.contains("UTF-8"));

@@ -325,10 +325,7 @@ impl Service {
                     .as_ref()
                     .map(|e| e.python.clone())
                     .unwrap_or_else(|| self.options.python.clone());
-                let argv = vec![
-                    python.into_os_string(),
-                    format!("{WORKDIR}/main.py").into(),
-                ];
+                let argv = vec![python.into_os_string(), format!("{WORKDIR}/main.py").into()];
                 (argv, format, lint)
             }
             Program::Command { argv } => {
@@ -384,10 +381,9 @@ impl Service {
     async fn resolve_env(&self, requirements: String) -> Result<ResolvedEnv, ServiceError> {
         let envs = self.envs.clone();
         let backend = self.pool.blocking_backend();
-        let resolved =
-            tokio::task::spawn_blocking(move || envs.resolve(&requirements, &backend))
-                .await
-                .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))??;
+        let resolved = tokio::task::spawn_blocking(move || envs.resolve(&requirements, &backend))
+            .await
+            .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))??;
         self.metrics.record_env(resolved.usage.cache_hit);
         Ok(resolved)
     }
