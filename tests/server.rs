@@ -1321,3 +1321,76 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+// ---------------------------------------------------------------------------------------
+// The job manager as a library (what the MCP server and the environment builder use).
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
+    use kakoi::Backend as _;
+    use kakoi::server::pool::{PoolConfig, WorkerPool};
+    use kakoi::server::worker::WorkerSettings;
+    let _g = setup!();
+    let rt = runtime();
+    rt.block_on(async {
+        let settings = WorkerSettings {
+            cgroups: Default::default(),
+            seccomp: Default::default(),
+            landlock: Default::default(),
+            runtime_dir: None,
+            manager_pid: 0,
+        };
+        let mut config = PoolConfig::new(settings).unwrap();
+        config.program = env!("CARGO_BIN_EXE_kakoi").into();
+        config.workers = 2;
+        let pool = WorkerPool::start(config).await.unwrap();
+        let launchers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+        assert_eq!(launchers.len(), 2);
+
+        let r = pool
+            .run(kakoi::RunSpec::command(["python3", "-c", "print('async')"]))
+            .await
+            .unwrap();
+        assert_eq!(r.stdout, "async\n");
+
+        // Blocking library code (e.g. the environment builder) from a blocking thread.
+        let backend = pool.blocking_backend();
+        let r = tokio::task::spawn_blocking(move || {
+            backend.run_with(
+                &kakoi::RunSpec::command(["python3", "-c", "print('blocking')"]),
+                &Default::default(),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.stdout, "blocking\n");
+        assert_eq!(r.backend, "native");
+
+        // An invalid request is refused by the launcher without killing it.
+        let e = pool
+            .run(kakoi::RunSpec::command(Vec::<String>::new()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, kakoi::server::JobError::InvalidRequest { .. }),
+            "{e:?}"
+        );
+        assert_eq!(pool.stats().workers, 2);
+
+        // Dropping a job's future cancels it and kills its sandbox.
+        let slow = pool.run(kakoi::RunSpec::command(["sleep", "30"]));
+        let _ = tokio::time::timeout(Duration::from_millis(500), slow).await;
+        assert_eq!(pool.stats().cancelled, 1);
+        assert_eq!(pool.stats().running, 0);
+
+        pool.shutdown(Duration::from_secs(1)).await;
+        let e = pool
+            .run(kakoi::RunSpec::command(["true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e, kakoi::server::JobError::ShuttingDown);
+        assert_all_gone(&launchers, Duration::from_secs(10), "after pool shutdown");
+    });
+}

@@ -5,7 +5,8 @@
 //! never fork and continue running Rust code in the child. The manager only fork+execs this
 //! program; every clone happens here, in a process with exactly one thread.
 
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -120,9 +121,16 @@ pub fn serve(settings: &WorkerSettings) -> i32 {
     if nix::unistd::getppid().as_raw() as u32 != settings.manager_pid {
         return 1;
     }
-    let stdin = std::io::stdin().lock();
+    // Frames are read unbuffered, exactly one at a time: bytes after a `run` frame (a
+    // `cancel`) must stay in the pipe, where the sandbox can see them arrive.
+    let mut input = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("kakoi __launch: cannot use stdin: {e}");
+            return 1;
+        }
+    };
     let stdout = std::io::stdout().lock();
-    let mut input = BufReader::new(stdin);
     let mut output = BufWriter::new(stdout);
 
     let sandbox = match Sandbox::new(settings.sandbox_config()) {
