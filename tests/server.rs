@@ -1339,6 +1339,7 @@ fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
             seccomp: Default::default(),
             landlock: Default::default(),
             runtime_dir: None,
+            host_id: None,
             manager_pid: 0,
         };
         let mut config = PoolConfig::new(settings).unwrap();

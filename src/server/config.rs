@@ -493,6 +493,7 @@ impl RawConfig {
                 seccomp,
                 landlock: sandbox.landlock.unwrap_or_default(),
                 runtime_dir: sandbox.runtime_dir,
+                host_id: None,
                 manager_pid: 0,
             },
         })

@@ -9,19 +9,27 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::result::EnvUse;
-use crate::spec::Bind;
+use crate::spec::RunSpec;
 
-/// An environment ready to be used by a run.
-#[derive(Debug, Clone, PartialEq)]
+/// An environment ready to be used by a run. Dropping it releases the environment (a store
+/// may hold it "in use" until then), so keep it until the run has ended.
 pub struct ResolvedEnv {
-    /// The interpreter inside the sandbox (e.g. `<env>/bin/python`).
+    /// The interpreter inside the sandbox (e.g. `<env>/venv/bin/python`).
     pub python: PathBuf,
-    /// Read-only binds the run needs (the env, its toolchain).
-    pub binds_ro: Vec<Bind>,
-    /// Environment variables to set (e.g. `VIRTUAL_ENV`).
-    pub env: Vec<(String, String)>,
     /// What the result reports in `env`.
     pub usage: EnvUse,
+    /// Adds the environment to a run: read-only binds, variables (it may size thread pools
+    /// from the run's limits, so call it after the limits are set).
+    pub apply: Box<dyn Fn(&mut RunSpec) + Send + Sync>,
+}
+
+impl std::fmt::Debug for ResolvedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedEnv")
+            .field("python", &self.python)
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an environment could not be provided; HTTP 422 with `message` and `detail`

@@ -361,8 +361,7 @@ impl Service {
             ..RunSpec::default()
         };
         if let Some(e) = &env {
-            spec.binds_ro.extend(e.binds_ro.iter().cloned());
-            spec.env.extend(e.env.iter().cloned());
+            (e.apply)(&mut spec);
         }
         // Refuse bad input (file names, limits) before it takes a place in the queue.
         if let Err(e) = spec.validate() {
@@ -372,8 +371,9 @@ impl Service {
         result.lint = lint;
         result.format = format;
         if let Some(e) = env {
+            // Dropping `e` here, after the run, releases the environment.
             result.timings.env_ms = env_ms;
-            result.env = Some(e.usage);
+            result.env = Some(e.usage.clone());
         }
         Ok(result)
     }

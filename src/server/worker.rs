@@ -27,6 +27,10 @@ pub struct WorkerSettings {
     pub landlock: LandlockChoice,
     /// Runtime directory (default: the sandbox's default).
     pub runtime_dir: Option<PathBuf>,
+    /// Host uid/gid the sandbox user maps to when root (default: per launcher). Environment
+    /// builds use one fixed id so every build can write the shared uv cache.
+    #[serde(default)]
+    pub host_id: Option<u32>,
     /// pid of the manager; a worker whose parent is another process exits at once.
     pub manager_pid: u32,
 }
@@ -90,6 +94,7 @@ impl WorkerSettings {
                 LandlockChoice::BestEffort => Some(LandlockMode::BestEffort),
                 LandlockChoice::Off => None,
             },
+            host_id: self.host_id,
             ..SandboxConfig::default()
         }
     }
