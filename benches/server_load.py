@@ -122,15 +122,29 @@ def wrk(base, seconds):
             'wrk.headers["Content-Type"] = "application/json"\n'
         )
     out = subprocess.run(
-        ["wrk", "-t2", "-c8", f"-d{seconds}s", "--latency", "-s", lua, base + "/run"],
+        [
+            "wrk",
+            "-t2",
+            "-c8",
+            f"-d{seconds}s",
+            "--timeout",
+            "60s",
+            "--latency",
+            "-s",
+            lua,
+            base + "/run",
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
 
     def ms(text):
-        v, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+        if not m:
+            raise SystemExit(f"cannot parse wrk latency {text!r} in:\n{out}")
+        v, unit = m.groups()
+        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -11,6 +11,7 @@
 //! grace_period = 10                  # seconds running sandboxes get on SIGTERM
 //! max_upload = "16M"                 # request body limit (checked while streaming)
 //! allow_network = false              # may a request ask for network = true
+//! allow_commands = false             # may a client run commands, not only Python (MCP)
 //! log_format = "text"                # or "json"
 //!
 //! [limits]                           # defaults for requests that do not say
@@ -127,6 +128,8 @@ pub struct RawConfig {
     pub max_upload: Option<SizeValue>,
     /// Whether requests may turn the network on.
     pub allow_network: Option<bool>,
+    /// Whether non-Python commands may be run (the MCP `run_command` tool).
+    pub allow_commands: Option<bool>,
     /// `text` or `json`.
     pub log_format: Option<LogFormat>,
     /// Replace a launcher after this many runs (0: never).
@@ -305,6 +308,8 @@ pub struct ServerConfig {
     pub max_upload: u64,
     /// Limits and network policy.
     pub policy: Policy,
+    /// Whether non-Python commands may be run.
+    pub allow_commands: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Launcher recycling (0: never).
@@ -350,6 +355,7 @@ impl RawConfig {
             grace_period,
             max_upload,
             allow_network,
+            allow_commands,
             log_format,
             max_runs_per_worker,
             ruff,
@@ -482,6 +488,7 @@ impl RawConfig {
                 max,
                 allow_network: self.allow_network.unwrap_or(false),
             },
+            allow_commands: self.allow_commands.unwrap_or(false),
             log_format: self.log_format.unwrap_or_default(),
             max_runs_per_worker: self.max_runs_per_worker.unwrap_or(0),
             ruff: self.ruff,

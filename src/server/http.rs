@@ -206,8 +206,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The application: routes, fallbacks, auth and request ids.
 pub fn router(state: AppState) -> axum::Router {
+    router_with(state, axum::Router::new())
+}
+
+/// [`router`] plus `extra` routes (for example the MCP transport at `/mcp`), which get the
+/// same bearer auth, request ids, logs and metrics as the API's own routes.
+pub fn router_with(state: AppState, extra: axum::Router<AppState>) -> axum::Router {
     let (routes, _) = api().split_for_parts();
     routes
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))

@@ -74,7 +74,7 @@ pub async fn start_service(
             policy: config.policy.clone(),
             python: config.python.clone(),
             ruff: config.ruff.clone(),
-            allow_commands: false,
+            allow_commands: config.allow_commands,
         },
         envs,
         Arc::new(metrics::Metrics::new()),
@@ -90,6 +90,21 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(&str),
 ) -> Result<(), ServeError> {
+    serve_with(config, envs, shutdown, on_listening, |_| {
+        axum::Router::new()
+    })
+    .await
+}
+
+/// [`serve`] with extra routes built from the running [`Service`] (the MCP server mounts its
+/// streamable HTTP transport this way); they share auth, request ids, logs and shutdown.
+pub async fn serve_with(
+    config: ServerConfig,
+    envs: Arc<dyn EnvProvider>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(&str),
+    extra_routes: impl FnOnce(&Service) -> axum::Router<http::AppState>,
+) -> Result<(), ServeError> {
     let service = start_service(&config, envs).await?;
     let state = http::AppState {
         service: service.clone(),
@@ -100,7 +115,8 @@ pub async fn serve(
             serde_json::to_string(&http::openapi()).expect("the OpenAPI document serializes"),
         ),
     };
-    let app = http::router(state);
+    let extra = extra_routes(&service);
+    let app = http::router_with(state, extra);
     let (down_tx, down_rx) = tokio::sync::watch::channel(false);
     let stop_accepting = {
         let mut rx = down_rx.clone();
