@@ -27,11 +27,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::BufReader;
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use super::protocol::{self, FromWorker, ToWorker, WorkerInfo};
+use super::protocol::{self, FrameReader, FromWorker, ToWorker, WorkerInfo};
 use super::worker::{WorkerSettings, error_chain};
 use crate::backend::{Backend, BackendError};
 use crate::result::RunResult;
@@ -184,8 +183,9 @@ struct Worker {
     pid: u32,
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    stdout: FrameReader<ChildStdout>,
     runs: u64,
+    cancel_frames: bool,
 }
 
 impl WorkerPool {
@@ -262,7 +262,8 @@ impl WorkerPool {
             inner: inner.clone(),
             worker: None,
             id,
-            _permit: permit,
+            permit: Some(permit),
+            run_sent: false,
         };
         let worker = match inner.take_idle() {
             Some(w) => w,
@@ -442,14 +443,13 @@ impl Inner {
                 return Err(JobError::Launcher { message });
             }
         };
-        let mut stdout = BufReader::new(stdout);
-        let ready = tokio::time::timeout(
-            self.config.spawn_timeout,
-            protocol::read_frame_async::<_, FromWorker>(&mut stdout),
-        )
-        .await;
+        let mut stdout = FrameReader::new(stdout);
+        let ready =
+            tokio::time::timeout(self.config.spawn_timeout, stdout.next::<FromWorker>()).await;
+        let mut cancel_frames = false;
         let failure = match ready {
             Ok(Ok(Some(FromWorker::Ready { info, .. }))) => {
+                cancel_frames = info.cancel_frames;
                 *self.info.lock().expect("lock") = Some(info);
                 None
             }
@@ -473,6 +473,7 @@ impl Inner {
             stdin,
             stdout,
             runs: 0,
+            cancel_frames,
         })
     }
 
@@ -534,7 +535,10 @@ struct Busy {
     inner: Arc<Inner>,
     worker: Option<Worker>,
     id: u64,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    /// The whole `run` frame is in the worker's pipe (a partly written frame cannot be
+    /// followed by a `cancel`: the worker must be killed).
+    run_sent: bool,
 }
 
 impl Busy {
@@ -546,7 +550,10 @@ impl Busy {
         };
         let worker = self.worker.as_mut().expect("busy has a worker");
         let answer = match protocol::write_frame_async(&mut worker.stdin, &frame).await {
-            Ok(()) => protocol::read_frame_async::<_, FromWorker>(&mut worker.stdout).await,
+            Ok(()) => {
+                self.run_sent = true;
+                worker.stdout.next::<FromWorker>().await
+            }
             Err(e) => Err(e),
         };
         match answer {
@@ -599,16 +606,65 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.inner.running.lock().expect("lock").remove(&self.id);
-        if let Some(w) = self.worker.take() {
-            // The caller went away before the result: cancel the run. Until the core's
-            // cancel fd lands this kills the worker (and so its sandbox).
-            tracing::info!(
-                run = self.id,
-                worker = w.pid,
-                "run cancelled: killing its launcher"
-            );
-            self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
-            self.inner.kill_worker(w);
+        let Some(w) = self.worker.take() else {
+            return;
+        };
+        // The caller went away before the result: cancel the run.
+        self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if w.cancel_frames && self.run_sent => {
+                // The worker ends the run (status `cancelled`; the launcher kills and cleans
+                // up its sandbox) and stays in service. The permit is held until the worker
+                // is back, so no other run is admitted without a worker.
+                tracing::info!(
+                    run = self.id,
+                    worker = w.pid,
+                    "run cancelled: sending cancel"
+                );
+                let inner = self.inner.clone();
+                let permit = self.permit.take();
+                let id = self.id;
+                handle.spawn(async move {
+                    let _permit = permit;
+                    match inner.cancel_on(w, id).await {
+                        Ok(w) => inner.put_idle(w),
+                        Err(w) => inner.kill_worker(w),
+                    }
+                });
+            }
+            _ => {
+                tracing::info!(
+                    run = self.id,
+                    worker = w.pid,
+                    "run cancelled: killing its launcher"
+                );
+                self.inner.kill_worker(w);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Send `cancel` for run `id` and wait for that run's answer: the worker back, or the
+    /// worker to kill when it does not answer within 10 s.
+    async fn cancel_on(&self, mut w: Worker, id: u64) -> Result<Worker, Worker> {
+        let done = async {
+            protocol::write_frame_async(&mut w.stdin, &ToWorker::Cancel { id }).await?;
+            loop {
+                match w.stdout.next::<FromWorker>().await? {
+                    Some(
+                        FromWorker::Result { id: got, .. } | FromWorker::Error { id: got, .. },
+                    ) if got == id => {
+                        return Ok::<(), protocol::FrameError>(());
+                    }
+                    Some(_) => {}
+                    None => return Err(protocol::FrameError::Truncated { got: 0, want: 4 }),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), done).await {
+            Ok(Ok(())) => Ok(w),
+            _ => Err(w),
         }
     }
 }

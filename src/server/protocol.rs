@@ -58,6 +58,10 @@ pub struct WorkerInfo {
     pub cgroup_controllers: Vec<String>,
     /// The host uid the sandbox user maps to.
     pub host_uid: u32,
+    /// The worker ends a run on a `cancel` frame (its sandbox watches the worker's stdin);
+    /// without it the manager cancels by killing the worker.
+    #[serde(default)]
+    pub cancel_frames: bool,
 }
 
 /// Frames a worker sends.
@@ -223,6 +227,53 @@ where
     Ok(Some(serde_json::from_slice(&body)?))
 }
 
+/// Reads frames from an async stream and is cancel-safe: bytes of a frame that has not fully
+/// arrived stay buffered here when the reading future is dropped, so the next call resumes
+/// the same frame instead of losing the stream's framing.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wrap a stream.
+    pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` on EOF between frames.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = check_len(self.buf[..4].try_into().expect("4 bytes"))?;
+                if self.buf.len() >= 4 + len {
+                    let msg = serde_json::from_slice(&self.buf[4..4 + len]);
+                    self.buf.drain(..4 + len);
+                    return Ok(Some(msg?));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            // `read` is cancel-safe: data is only consumed when it returns.
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return match self.buf.len() {
+                    0 => Ok(None),
+                    got if got < 4 => Err(FrameError::Truncated { got, want: 4 }),
+                    got => Err(FrameError::Truncated {
+                        got: got - 4,
+                        want: check_len(self.buf[..4].try_into().expect("4 bytes"))?,
+                    }),
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +379,52 @@ mod tests {
     }
 
     #[test]
+    fn the_frame_reader_survives_a_cancelled_read() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(64);
+            let mut reader = FrameReader::new(rx);
+            let frame = encode(&ToWorker::Cancel { id: 9 }).unwrap();
+            // Half a frame arrives, the reading future is dropped (cancelled)...
+            tx.write_all(&frame[..7]).await.unwrap();
+            let first = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                reader.next::<ToWorker>(),
+            )
+            .await;
+            assert!(first.is_err(), "no whole frame yet");
+            // ...and the rest completes the same frame on the next call.
+            tx.write_all(&frame[7..]).await.unwrap();
+            tx.write_all(&encode(&ToWorker::Cancel { id: 10 }).unwrap())
+                .await
+                .unwrap();
+            drop(tx);
+            assert_eq!(
+                reader.next::<ToWorker>().await.unwrap(),
+                Some(ToWorker::Cancel { id: 9 })
+            );
+            assert_eq!(
+                reader.next::<ToWorker>().await.unwrap(),
+                Some(ToWorker::Cancel { id: 10 })
+            );
+            assert_eq!(reader.next::<ToWorker>().await.unwrap(), None);
+        });
+        rt.block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(64);
+            tx.write_all(&[0, 0, 0, 9, b'{']).await.unwrap();
+            drop(tx);
+            let err = FrameReader::new(rx).next::<ToWorker>().await.unwrap_err();
+            assert!(
+                matches!(err, FrameError::Truncated { got: 1, want: 9 }),
+                "{err}"
+            );
+        });
+    }
+
+    #[test]
     fn worker_frames_round_trip() {
         let frames = vec![
             FromWorker::Ready {
@@ -336,6 +433,7 @@ mod tests {
                     cgroup: "v1".into(),
                     cgroup_controllers: vec!["memory".into()],
                     host_uid: 2_000_000_042,
+                    cancel_frames: true,
                 },
             },
             FromWorker::Error {

@@ -159,6 +159,9 @@ pub fn serve(settings: &WorkerSettings) -> i32 {
             .map(|d| d.controllers())
             .unwrap_or_default(),
         host_uid: sandbox.host_ids().0,
+        // Until the sandbox takes a cancel fd (RunOptions::cancel), a run cannot be ended
+        // from here: the manager kills this process instead.
+        cancel_frames: false,
     };
     let ready = FromWorker::Ready {
         pid: std::process::id(),
