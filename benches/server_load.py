@@ -96,6 +96,17 @@ class Server:
         else:
             raise SystemExit("kakoi serve did not start")
 
+    def sequential(self, n):
+        """n requests one after another: (HTTP round trip ms, launcher-reported ms) pairs."""
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            body = self.run_once()
+            http_ms = (time.perf_counter() - t) * 1000
+            tm = body["timings"]
+            out.append((http_ms, tm["setup_ms"] + tm["run_ms"] + tm["cleanup_ms"]))
+        return out
+
     def run_once(self):
         req = urllib.request.Request(
             self.base + "/run",
@@ -171,6 +182,7 @@ def main():
     rounds = 1 if QUICK else 3
     seconds = 5 if QUICK else 10
     bare, modes = [], {"long-lived launchers": [], "one launcher per run": []}
+    seq = {"long-lived launchers": [], "one launcher per run": []}
     servers = {
         "long-lived launchers": "",
         "one launcher per run": "max_runs_per_worker = 1\n",
@@ -181,6 +193,7 @@ def main():
             s = Server(extra)
             for _ in range(20):
                 s.run_once()
+            seq[name] += s.sequential(20 if QUICK else 50)
             modes[name].append(wrk(s.base, seconds))
             s.stop()
 
@@ -194,10 +207,15 @@ def main():
     total = 0
     target_runs = 2000 if QUICK else 10000
     soak = []
+    checkpoints = []
+    rate = statistics.median(r["rps"] for r in modes["long-lived launchers"])
     while total < target_runs:
-        r = wrk(s.base, 10)
+        # Long wrk runs: each run's end closes connections mid-request (cancelling runs).
+        left = target_runs - total
+        r = wrk(s.base, max(10, min(120, int(left / max(rate, 1) * 1.1) + 1)))
         total += r["requests"]
         soak.append(r)
+        checkpoints.append((total, rss_kib(pid)))
     rss_after = rss_kib(pid)
     workers_after = {c: rss_kib(c) for c in children(pid)}
     s.run_once()
@@ -231,6 +249,20 @@ def main():
                 f"| {name} | {i + 1} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
                 f"{r['p99_ms']:.1f} | {r['non_2xx']} {r['socket_errors']} |"
             )
+    lines += [
+        "",
+        "Sequential requests (concurrency 1): HTTP round trip vs what the launcher reports "
+        "(setup + run + cleanup); the difference is the manager's own cost (HTTP, JSON, "
+        "frames, queue; for one launcher per run also the launcher's start):",
+        "",
+        "| mode | n | round trip median ms | launcher median ms | overhead median ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, pairs in seq.items():
+        rt = statistics.median(p[0] for p in pairs)
+        la = statistics.median(p[1] for p in pairs)
+        ov = statistics.median(p[0] - p[1] for p in pairs)
+        lines.append(f"| {name} | {len(pairs)} | {rt:.1f} | {la:.1f} | {ov:.1f} |")
     for name, rs in modes.items():
         rps = statistics.median(r["rps"] for r in rs)
         p99 = statistics.median(r["p99_ms"] for r in rs)
@@ -244,7 +276,11 @@ def main():
         f"RSS over {total} runs (long-lived launchers, {len(soak)} wrk rounds, "
         f"{soak_errors} non-2xx): manager {rss_before} KiB before, {rss_after} KiB after; "
         f"launchers {sorted(workers_before.values())} KiB before, "
-        f"{sorted(v for v in workers_after.values() if v)} KiB after",
+        f"{sorted(v for v in workers_after.values() if v)} KiB after "
+        "(a launcher whose run was cancelled when wrk stopped mid-request is replaced on the "
+        "next request)",
+        "manager RSS by runs done: "
+        + ", ".join(f"{n}: {kib} KiB" for n, kib in checkpoints),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -487,6 +487,26 @@ fn bad_requests_get_each_error_code() {
         .await;
         assert!(assert_error(st, &b, 422, "env_failed").contains("requirements"));
 
+        let r = c
+            .post(s.url("/envs"))
+            .json(&json!({"requirements": "rich==13.9.4\n"}))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        assert_error(st, &r.json().await.unwrap(), 422, "env_failed");
+        let r = c
+            .post(s.url("/envs"))
+            .json(&json!({"requirements": "# nothing\n"}))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        assert_error(st, &r.json().await.unwrap(), 400, "bad_request");
+        let r = c.post(s.url("/envs")).body("rich").send().await.unwrap();
+        let st = r.status().as_u16();
+        assert_error(st, &r.json().await.unwrap(), 415, "unsupported_media_type");
+
         let r = c.get(s.url("/nowhere")).send().await.unwrap();
         let st = r.status().as_u16();
         assert_error(st, &r.json().await.unwrap(), 404, "not_found");
