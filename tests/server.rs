@@ -1167,19 +1167,29 @@ fn pinned_ruff() -> PathBuf {
     if bin.is_file() {
         return bin;
     }
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(&dir)
-        .arg(format!("ruff=={RUFF_VERSION}"))
-        .output()
-        .expect("run python3 -m pip");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .arg("--target")
+            .arg(&dir)
+            .arg(format!("ruff=={RUFF_VERSION}"))
+            .output()
+            .expect("run python3 -m pip (apt-get install python3-pip)")
+    };
+    let mut out = pip(&[]);
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("externally-managed")
+    {
+        // Debian's python marks itself externally managed; a --target directory of our own
+        // does not touch the system's packages.
+        out = pip(&["--break-system-packages"]);
+    }
     assert!(
         out.status.success() && bin.is_file(),
         "cannot install ruff=={RUFF_VERSION} from PyPI into {}: {}",
