@@ -5,8 +5,10 @@ pub mod backend;
 pub mod cli;
 pub mod env;
 pub mod host;
+pub mod lint;
 pub mod result;
 pub mod sandbox;
+pub mod server;
 pub mod spec;
 
 pub use backend::{Backend, BackendError};

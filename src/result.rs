@@ -4,7 +4,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// How a run ended. Exactly one applies; see [`Status::classify`] for the precedence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Exit code 0.
@@ -83,7 +83,7 @@ impl Status {
 }
 
 /// Where time went, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Environment lookup or build.
     pub env_ms: f64,
@@ -97,7 +97,7 @@ pub struct Timings {
 }
 
 /// A setup failure reported by the sandbox child: the stage and the errno, never guessed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetupFailure {
     /// The checklist step that failed, e.g. `mount-proc`.
     pub stage: String,
@@ -117,7 +117,7 @@ pub struct SetupFailure {
 }
 
 /// cgroup part of [`Isolation`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CgroupIsolation {
     /// `v1`, `v2` or `none`.
     pub version: String,
@@ -132,7 +132,7 @@ pub struct CgroupIsolation {
 }
 
 /// Which layers the run actually got.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Isolation {
     /// Namespaces the sandbox was created in.
     pub namespaces: Vec<String>,
@@ -167,7 +167,7 @@ pub struct Isolation {
 
 /// A file the program wrote under the output directory (`out/` in the workdir), returned
 /// with the result. Collection never follows symlinks and is capped in count and bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFile {
     /// Path relative to the output directory, `/`-separated (e.g. `plot.png`, `sub/a.txt`).
     pub path: String,
@@ -182,7 +182,7 @@ pub struct OutputFile {
 }
 
 /// The Python environment a run used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvUse {
     /// Content digest of the environment (`<data>/envs/v1/<digest>`).
     pub digest: String,
@@ -193,7 +193,7 @@ pub struct EnvUse {
 }
 
 /// One ruff diagnostic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LintDiagnostic {
     /// Rule code, e.g. `F821`.
     pub code: String,
@@ -208,7 +208,7 @@ pub struct LintDiagnostic {
 }
 
 /// Result of `ruff check` on the program.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LintReport {
     /// `warn` or `error`.
     pub mode: String,
@@ -217,7 +217,7 @@ pub struct LintReport {
 }
 
 /// Result of `ruff format` on the program.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FormatReport {
     /// `check` or `apply`.
     pub mode: String,
@@ -225,10 +225,13 @@ pub struct FormatReport {
     pub changed: bool,
     /// Unified diff from the submitted to the formatted program (empty when unchanged).
     pub diff: String,
+    /// Why the program could not be formatted (ruff could not parse it); it ran unchanged.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
 }
 
 /// The result of one run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunResult {
     /// How the run ended.
     pub status: Status,

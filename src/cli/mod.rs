@@ -7,7 +7,9 @@ pub mod docker;
 pub mod doctor;
 pub mod env;
 pub mod exec;
+pub mod launch;
 pub mod run;
+pub mod serve;
 
 /// Run untrusted code in a Linux sandbox built from namespaces, cgroups, seccomp and Landlock.
 #[derive(Debug, Parser)]
@@ -36,6 +38,11 @@ pub enum Command {
     Progress(env::ProgressArgs),
     /// Docker mode: build the worker image, clean up (`kakoi docker build-image`).
     Docker(docker::DockerArgs),
+    /// Serve the HTTP API (`POST /run`, `/health`, `/metrics`, `/openapi.json`, `/envs`).
+    Serve(serve::ServeArgs),
+    /// Internal: the single-threaded launcher `kakoi serve` spawns.
+    #[command(name = "__launch", hide = true)]
+    Launch(launch::LaunchArgs),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -48,6 +55,8 @@ pub fn main() -> i32 {
         Command::Env(args) => args.execute(),
         Command::Progress(args) => args.execute(),
         Command::Docker(args) => args.execute(),
+        Command::Serve(args) => args.execute(),
+        Command::Launch(args) => args.execute(),
     };
     match outcome {
         Ok(code) => code,

@@ -11,6 +11,8 @@ use clap::Args;
 use super::common::RunFlags;
 use super::env::{CliProgress, EnvFlags, LazySandbox, read_requirements, report_env_error};
 use crate::env::{EnvRequest, EnvStore};
+use crate::lint::{FormatMode, LintMode, Ruff};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::spec::{InputFile, Source, WORKDIR};
 
 /// The interpreter `kakoi run` uses without `-r`.
@@ -29,6 +31,14 @@ pub struct RunArgs {
     /// Environment store, toolchain and resolution options (with -r).
     #[command(flatten)]
     pub env: EnvFlags,
+    /// Run `ruff format` (in a sandbox) first: `check` reports a diff, `apply` runs the
+    /// formatted program. ruff comes from $KAKOI_RUFF or PATH.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "check")]
+    pub format: Option<FormatMode>,
+    /// Run `ruff check` (in a sandbox, pinned rules E4,E7,E9,F) first: `warn` reports,
+    /// `error` refuses to run a program with diagnostics.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "warn")]
+    pub lint: Option<LintMode>,
     /// The Python file; it is copied into the workdir as main.py.
     #[arg(value_name = "MAIN.PY")]
     pub main: PathBuf,
@@ -58,15 +68,32 @@ impl RunArgs {
         if spec.files.iter().any(|f| f.dest.as_os_str() == "main.py") {
             bail!("--file may not replace main.py");
         }
+        let format = self.format.unwrap_or_default();
+        let lint = self.lint.unwrap_or_default();
+        let (main_source, format_report, lint_report) =
+            if format == FormatMode::Off && lint == LintMode::Off {
+                (Source::Path(self.main.clone()), None, None)
+            } else {
+                let code = std::fs::read_to_string(&self.main).with_context(|| {
+                    format!("cannot read {} as UTF-8 text", self.main.display())
+                })?;
+                let (code, format_report, lint_report) =
+                    ruff_pass(code, format, lint, self.flags.json)?;
+                (Source::Bytes(code.into_bytes()), format_report, lint_report)
+            };
         spec.files.insert(
             0,
             InputFile {
-                source: Source::Path(self.main.clone()),
+                source: main_source,
                 dest: "main.py".into(),
             },
         );
+        let add_reports = |r: &mut crate::result::RunResult| {
+            r.format = format_report;
+            r.lint = lint_report;
+        };
         let Some(requirements) = &self.requirements else {
-            return self.flags.run_and_report(spec);
+            return self.flags.run_then_report(&spec, add_reports);
         };
         let started = Instant::now();
         let bytes = read_requirements(requirements)?;
@@ -89,6 +116,7 @@ impl RunArgs {
         // The env stays in use (shared lock) until the run is over.
         let usage = env.usage();
         let code = self.flags.run_then_report(&spec, |result| {
+            add_reports(result);
             result.env = Some(usage);
             result.timings.env_ms = env_ms;
         })?;
@@ -99,4 +127,56 @@ impl RunArgs {
 
 fn ms_since(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e6).round() / 1000.0
+}
+
+/// `ruff format` then `ruff check`, each in a default sandbox (ruff parses untrusted input).
+fn ruff_pass(
+    code: String,
+    format: FormatMode,
+    lint: LintMode,
+    json: bool,
+) -> anyhow::Result<(
+    String,
+    Option<crate::result::FormatReport>,
+    Option<crate::result::LintReport>,
+)> {
+    let ruff = Ruff::locate(None)?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let mut code = code;
+    let mut format_report = None;
+    if format != FormatMode::Off {
+        let formatted = ruff.format(&sandbox, &code, format)?;
+        if !json {
+            if let Some(e) = &formatted.report.error {
+                eprintln!("kakoi: format: {e}");
+            } else if formatted.report.changed {
+                eprint!(
+                    "kakoi: format: main.py would be reformatted\n{}",
+                    formatted.report.diff
+                );
+            }
+        }
+        if format == FormatMode::Apply
+            && let Some(new_code) = formatted.code.clone()
+        {
+            code = new_code;
+        }
+        format_report = Some(formatted.report);
+    }
+    let mut lint_report = None;
+    if lint != LintMode::Off {
+        let report = ruff.check(&sandbox, &code, lint)?;
+        if lint == LintMode::Error && !report.diagnostics.is_empty() {
+            bail!(
+                "lint=error: ruff reported {} diagnostic(s); the program was not run\n{}",
+                report.diagnostics.len(),
+                crate::lint::describe(&report)
+            );
+        }
+        if !json && !report.diagnostics.is_empty() {
+            eprintln!("{}", crate::lint::describe(&report));
+        }
+        lint_report = Some(report);
+    }
+    Ok((code, format_report, lint_report))
 }
