@@ -589,6 +589,15 @@ fn bad_requests_get_each_error_code() {
             assert_error(st, &r.json().await.unwrap(), 400, "bad_request")
                 .contains("docker backend is not enabled")
         );
+        // A bad request is refused before an environment is built for it (this one would
+        // be a 422 from uv otherwise).
+        let (st, b) = post_json(
+            &s,
+            json!({"code": "1", "requirements": "kakoi-test-no-such-package-3f9c1e\n",
+                   "files": {"/etc/x": {"text": "x"}}}),
+        )
+        .await;
+        assert_error(st, &b, 400, "bad_request");
         // A requirements line that is not a requirement is refused before uv runs.
         let (st, b) = post_json(
             &s,

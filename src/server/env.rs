@@ -61,6 +61,10 @@ pub struct EnvFailure {
     pub uv_exit_code: Option<i32>,
     /// A remedy, where one is known.
     pub hint: Option<String>,
+    /// The build could not get a build sandbox (the build pool's queue was full or timed
+    /// out, or the manager is shutting down): the manager's error, answered as such (429,
+    /// 503) rather than as a failed build.
+    pub queue: Option<super::pool::JobError>,
 }
 
 impl EnvFailure {
@@ -72,8 +76,27 @@ impl EnvFailure {
             stage: None,
             uv_exit_code: None,
             hint: None,
+            queue: None,
         }
     }
+}
+
+/// The manager's queue error behind a build step that could not start, if that is why.
+fn queue_error(e: &EnvError) -> Option<super::pool::JobError> {
+    use super::pool::JobError;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(job) = c.downcast_ref::<JobError>() {
+            return match job {
+                JobError::QueueFull { .. }
+                | JobError::QueueTimeout { .. }
+                | JobError::ShuttingDown => Some(job.clone()),
+                _ => None,
+            };
+        }
+        cause = c.source();
+    }
+    None
 }
 
 impl From<&EnvError> for EnvFailure {
@@ -96,6 +119,7 @@ impl From<&EnvError> for EnvFailure {
             stage: Some(e.stage().to_owned()),
             uv_exit_code: e.uv_exit_code(),
             hint: e.hint(),
+            queue: queue_error(e),
         }
     }
 }
@@ -323,6 +347,17 @@ mod tests {
         assert!(f.message.contains("abc"), "{}", f.message);
         assert_eq!((f.detail, f.uv_exit_code), (None, None));
         assert_eq!(f.stage.as_deref(), Some("env-store"));
+        assert_eq!(f.queue, None);
+        // A build step that found the build pool's queue full is the manager's 429.
+        let full = super::super::pool::JobError::QueueFull { capacity: 3 };
+        let e = EnvError::Backend {
+            step: BuildStep::Install,
+            source: crate::backend::BackendError::Other {
+                message: full.to_string(),
+                source: Some(Box::new(full.clone())),
+            },
+        };
+        assert_eq!(EnvFailure::from(&e).queue, Some(full));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!  HTTP (axum, tokio)         MCP (rmcp)
 //!        │ http.rs: parse, auth, ids │
 //!        └────────────┬──────────────┘
-//!          service.rs: Job → policy → env → ruff → run  (ServiceError → HTTP code)
+//!          service.rs: Job → policy → ruff → env → run  (ServiceError → HTTP code)
 //!            │ env.rs: EnvProvider               │                        │ backend = docker
 //!            │ (StoreEnvironments: EnvStore)     │                        ▼
 //!            ▼                                   ▼              DockerClient (a permit of

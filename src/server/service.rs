@@ -2,9 +2,10 @@
 //! program or a command, files, stdin, requested limits, format/lint) goes in, a
 //! [`RunResult`] or a [`ServiceError`] with an HTTP-style code comes out.
 //!
-//! Order of a Python job: policy check (limits, network, backend) → environment (422 on
-//! failure) → `ruff format` (in a sandbox) → `ruff check` (in a sandbox; `lint=error` refuses
-//! with 422) → the run, on the native launcher pool or in a Docker container. ruff and the
+//! Order of a Python job, cheapest refusal first: policy check (limits, network, backend) →
+//! `ruff format` (in a sandbox) → `ruff check` (in a sandbox; `lint=error` refuses with 422)
+//! → the request's validation (file names, limits) → environment (422 on failure) → the run,
+//! on the native launcher pool or in a Docker container. ruff and the
 //! native runs share the [`WorkerPool`] (its queue and concurrency limit); Docker runs take
 //! permits of the same pool ([`WorkerPool::run_external`]); environment builds run on a
 //! separate one-worker build pool ([`LazyPool`], started on the first build) whose launcher
@@ -438,30 +439,22 @@ impl Service {
                 )
             })?),
         };
-        let env_started = Instant::now();
-        let env = match job.requirements.as_deref() {
-            Some(r) if has_requirements(r) => Some(self.resolve_env(r.to_owned()).await?),
-            _ => None,
-        };
-        let env_ms = env_started.elapsed().as_secs_f64() * 1000.0;
-
         let mut files: Vec<InputFile> = Vec::with_capacity(job.files.len() + 1);
+        let python_program = matches!(job.program, Program::Python { .. });
         let (argv, format, lint) = match job.program {
             Program::Python { code } => {
-                let (code, format, lint) = self.ruff_pass(code, job.format, job.lint).await?;
                 if job.files.iter().any(|f| f.name == "main.py") {
                     return Err(ServiceError::bad_request(
                         "a file named main.py conflicts with the program itself",
                     ));
                 }
+                let (code, format, lint) = self.ruff_pass(code, job.format, job.lint).await?;
                 files.push(InputFile {
                     source: Source::Bytes(code.into_bytes()),
                     dest: "main.py".into(),
                 });
-                let python = env
-                    .as_ref()
-                    .map(|e| e.python.clone())
-                    .unwrap_or_else(|| self.options.python.clone());
+                // argv[0] becomes the environment's interpreter when there is one.
+                let python = self.options.python.clone();
                 let argv = vec![python.into_os_string(), format!("{WORKDIR}/main.py").into()];
                 (argv, format, lint)
             }
@@ -502,12 +495,25 @@ impl Service {
                 .then(|| self.options.files.clone()),
             ..RunSpec::default()
         };
-        if let Some(e) = &env {
-            (e.apply)(&mut spec);
-        }
-        // Refuse bad input (file names, limits) before it takes a place in the queue.
+        // Refuse bad input (file names, limits) before an environment is built for it or it
+        // takes a place in the queue.
         if let Err(e) = spec.validate() {
             return Err(ServiceError::bad_request(e.to_string()));
+        }
+        let env_started = Instant::now();
+        let env = match job.requirements.as_deref() {
+            Some(r) if has_requirements(r) => Some(self.resolve_env(r.to_owned()).await?),
+            _ => None,
+        };
+        let env_ms = env_started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(e) = &env {
+            if python_program {
+                spec.argv[0] = e.python.clone().into_os_string();
+            }
+            (e.apply)(&mut spec);
+            if let Err(e) = spec.validate() {
+                return Err(ServiceError::bad_request(e.to_string()));
+            }
         }
         let usage = env.as_ref().map(|e| e.usage.clone());
         let mut result = match docker {
@@ -564,6 +570,10 @@ impl Service {
             Err(_) if self.pool.is_shutting_down() => {
                 return Err(JobError::ShuttingDown.into());
             }
+            // Nor is a build that found the build pool's queue full (429).
+            Err(EnvFailure {
+                queue: Some(job), ..
+            }) => return Err(job.into()),
             Err(e) => return Err(e.into()),
         };
         self.metrics.record_env(resolved.usage.cache_hit);
