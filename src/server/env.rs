@@ -64,7 +64,7 @@ pub struct EnvFailure {
     /// The build could not get a build sandbox (the build pool's queue was full or timed
     /// out, or the manager is shutting down): the manager's error, answered as such (429,
     /// 503) rather than as a failed build.
-    pub queue: Option<super::pool::JobError>,
+    pub queue: Option<Box<super::pool::JobError>>,
 }
 
 impl EnvFailure {
@@ -82,7 +82,7 @@ impl EnvFailure {
 }
 
 /// The manager's queue error behind a build step that could not start, if that is why.
-fn queue_error(e: &EnvError) -> Option<super::pool::JobError> {
+fn queue_error(e: &EnvError) -> Option<Box<super::pool::JobError>> {
     use super::pool::JobError;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
@@ -90,7 +90,7 @@ fn queue_error(e: &EnvError) -> Option<super::pool::JobError> {
             return match job {
                 JobError::QueueFull { .. }
                 | JobError::QueueTimeout { .. }
-                | JobError::ShuttingDown => Some(job.clone()),
+                | JobError::ShuttingDown => Some(Box::new(job.clone())),
                 _ => None,
             };
         }
@@ -357,7 +357,7 @@ mod tests {
                 source: Some(Box::new(full.clone())),
             },
         };
-        assert_eq!(EnvFailure::from(&e).queue, Some(full));
+        assert_eq!(EnvFailure::from(&e).queue, Some(Box::new(full)));
     }
 
     #[test]

@@ -573,7 +573,7 @@ impl Service {
             // Nor is a build that found the build pool's queue full (429).
             Err(EnvFailure {
                 queue: Some(job), ..
-            }) => return Err(job.into()),
+            }) => return Err((*job).into()),
             Err(e) => return Err(e.into()),
         };
         self.metrics.record_env(resolved.usage.cache_hit);
