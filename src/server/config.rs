@@ -144,6 +144,8 @@ pub struct RawConfig {
     pub max_limits: Option<RawLimits>,
     /// Sandbox settings.
     pub sandbox: Option<RawSandbox>,
+    /// The MCP server (`[mcp]`, see `crate::mcp::config`).
+    pub mcp: Option<crate::mcp::config::RawMcpConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -320,6 +322,8 @@ pub struct ServerConfig {
     pub python: PathBuf,
     /// Sandbox settings for the launchers.
     pub worker: WorkerSettings,
+    /// The MCP server's settings (`[mcp]`).
+    pub mcp: crate::mcp::config::McpConfig,
 }
 
 /// Default listen address.
@@ -377,6 +381,9 @@ impl RawConfig {
             if s.runtime_dir.is_some() {
                 mine.runtime_dir = s.runtime_dir;
             }
+        }
+        if let Some(m) = over.mcp {
+            self.mcp = Some(self.mcp.unwrap_or_default().overlay(m));
         }
         self
     }
@@ -475,6 +482,11 @@ impl RawConfig {
         if max_upload < 1024 {
             return Err(invalid("max_upload", format!("{max_upload} is under 1K")));
         }
+        let mcp = self
+            .mcp
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| invalid(&format!("mcp.{}", e.key), e.reason))?;
         Ok(ServerConfig {
             listen,
             token,
@@ -503,6 +515,7 @@ impl RawConfig {
                 host_id: None,
                 manager_pid: 0,
             },
+            mcp,
         })
     }
 }
