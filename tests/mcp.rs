@@ -422,8 +422,30 @@ fn stdio_cancellation_kills_the_sandbox() {
         // The session goes on, and the killed launcher's sandbox left nothing.
         let r = call(c, "run_python", json!({"code": "print('still here')"})).await;
         assert_eq!(structured(&r)["stdout"], "still here\n");
+        // A client that goes away (closes stdin) mid-call takes its runs down too (after
+        // rmcp's 5 s drain for answers already on their way).
+        let nonce = self::nonce();
+        let peer = c.peer().clone();
+        let code = format!("import subprocess\nsubprocess.run(['sleep', '3600.{nonce}'])");
+        let orphan = tokio::spawn(async move {
+            let _ = peer
+                .call_tool(CallToolRequestParams::new("run_python").with_arguments(args(json!({
+                    "code": code,
+                    "timeout": 60
+                }))))
+                .await;
+        });
+        wait_until(Duration::from_secs(30), "the second sleep to start", || {
+            !sleepers(&nonce).is_empty()
+        })
+        .await;
         launchers.extend(children_of(s.pid));
         s.close().await;
+        wait_until(Duration::from_secs(10), "the orphaned run to die", || {
+            sleepers(&nonce).is_empty()
+        })
+        .await;
+        orphan.abort();
         assert_all_gone(&launchers, Duration::from_secs(10), "after cancellation");
     });
 }
