@@ -16,6 +16,7 @@ use common::*;
 use rmcp::ServiceExt as _;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, JsonObject,
+    ProgressNotificationParam,
 };
 use rmcp::service::{PeerRequestOptions, RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -34,7 +35,24 @@ macro_rules! setup {
     }};
 }
 
-type McpClient = RunningService<RoleClient, ()>;
+type McpClient = RunningService<RoleClient, Progress>;
+
+/// The test client's handler: records the progress notifications it gets.
+#[derive(Debug, Clone, Default)]
+struct Progress(Arc<Mutex<Vec<(f64, Option<String>)>>>);
+
+impl rmcp::ClientHandler for Progress {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((params.progress, params.message));
+    }
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -79,12 +97,15 @@ async fn stdio(toml: &str, args: &[&str]) -> StdioServer {
         .spawn()
         .expect("spawn kakoi mcp");
     let pid = transport.id().expect("a pid");
-    let client = ().serve(transport).await.unwrap_or_else(|e| {
-        panic!(
-            "initialize failed: {e}\nlog:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let client = Progress::default()
+        .serve(transport)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "initialize failed: {e}\nlog:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     StdioServer {
         client: Some(client),
         pid,
@@ -314,6 +335,15 @@ fn stdio_lists_the_tools_and_runs_programs() {
         assert_eq!(r.is_error, Some(false));
         assert_eq!(structured(&r)["status"], "timeout");
         assert!(started.elapsed() < Duration::from_secs(15));
+
+        // A call that runs for a while reports progress (every 3 s).
+        let r = call(c, "run_python", json!({"code": "import time; time.sleep(3.5); print('slept')"})).await;
+        assert_eq!(structured(&r)["stdout"], "slept\n");
+        let progress = c.service().0.lock().unwrap().clone();
+        assert!(
+            progress.iter().any(|(p, m)| *p >= 3.0 && m.as_deref().is_some_and(|m| m.starts_with("run_python: running for"))),
+            "{progress:?}"
+        );
 
         // So is running out of memory.
         let r = call(
@@ -720,7 +750,10 @@ async fn http_client(url: &str, token: &str) -> McpClient {
         reqwest::Client::new(),
         StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned()),
     );
-    ().serve(transport).await.expect("initialize over HTTP")
+    Progress::default()
+        .serve(transport)
+        .await
+        .expect("initialize over HTTP")
 }
 
 /// A raw initialize POST with extra headers; returns the status.

@@ -175,6 +175,7 @@ fn expected_checks(http: bool, commands: bool) -> Vec<&'static str> {
         "failing program",
         "failure summary",
         "timeout",
+        "progress",
         "limit over the maximum",
         "unknown argument",
         if commands {

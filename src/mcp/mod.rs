@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -44,6 +45,18 @@ const INSTRUCTIONS: &str = "kakoi runs code in disposable Linux sandboxes. Use r
 execute Python and see its stdout, stderr, exit status and any files it writes under out/ \
 (plots come back as images). Nothing persists between calls: send every input file with the \
 call. Declare third-party packages with `requirements`; build_env prepares them ahead of time.";
+
+/// How often a running call reports progress (when the client sent a progress token).
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Aborts a task when dropped (the progress ticker ends with its call).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The MCP tools over a [`Service`]. Cheap to clone (one per HTTP session).
 #[derive(Clone)]
@@ -156,6 +169,25 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let name = request.name.to_string();
         let id = context.id.clone();
+        // Progress while the call runs, for clients that asked for it: many reset their
+        // request timeout on progress, and an environment build can take minutes.
+        let _progress = context.meta.get_progress_token().map(|token| {
+            let peer = context.peer.clone();
+            let what = name.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut tick = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+                loop {
+                    tick.tick().await;
+                    let seconds = started.elapsed().as_secs_f64().round();
+                    let note = ProgressNotificationParam::new(token.clone(), seconds)
+                        .with_message(format!("{what}: running for {seconds:.0} s"));
+                    if peer.notify_progress(note).await.is_err() {
+                        return;
+                    }
+                }
+            }))
+        });
         // Cancellation (`notifications/cancelled`, a closed 2026 HTTP request, the end of the
         // session) fires `context.ct`; dropping `call` then drops `Service::execute`, which
         // kills the sandbox. rmcp sends no response for a cancelled request.
