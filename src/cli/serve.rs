@@ -153,11 +153,13 @@ impl ServeArgs {
                     _ = int.recv() => {},
                 }
             };
-            server::serve(config, envs, shutdown, |addr| {
+            // MCP: the streamable HTTP transport at /mcp (src/mcp).
+            let mcp = crate::mcp::HttpOptions::from_config(&config);
+            let on_listening = |addr: &str| {
                 eprintln!("kakoi serve: listening on {addr}");
                 tracing::info!(%addr, "listening");
-            })
-            .await
+            };
+            server::serve_with(config, envs, shutdown, on_listening, |s| mcp.routes(s)).await
         });
         match served {
             Ok(()) => Ok(0),

@@ -243,6 +243,8 @@ pub struct RawConfig {
     pub files: Option<RawFiles>,
     /// The Docker backend.
     pub docker: Option<RawDocker>,
+    /// The MCP server (`[mcp]`, see `crate::mcp::config`).
+    pub mcp: Option<crate::mcp::config::RawMcpConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -451,6 +453,8 @@ pub struct ServerConfig {
     pub backend: BackendKind,
     /// The Docker backend.
     pub docker: DockerSettings,
+    /// The MCP server's settings (`[mcp]`).
+    pub mcp: crate::mcp::config::McpConfig,
 }
 
 /// Default listen address.
@@ -517,6 +521,9 @@ impl RawConfig {
             RawSandbox::default(),
             [cgroups, seccomp, landlock, runtime_dir]
         );
+        if let Some(m) = over.mcp {
+            self.mcp = Some(self.mcp.unwrap_or_default().overlay(m));
+        }
         self
     }
 
@@ -633,6 +640,11 @@ impl RawConfig {
                 "docker is the default backend but the docker backend is not enabled ([docker] enabled = true, or --docker)".into(),
             ));
         }
+        let mcp = self
+            .mcp
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| invalid(&format!("mcp.{}", e.key), e.reason))?;
         Ok(ServerConfig {
             listen,
             token,
@@ -665,6 +677,7 @@ impl RawConfig {
             files,
             backend,
             docker,
+            mcp,
         })
     }
 }
