@@ -562,6 +562,24 @@ fn run_names_of(launchers: &BTreeSet<u32>) -> BTreeSet<std::ffi::OsString> {
         .collect()
 }
 
+/// Polls until `launchers` have exactly `n` distinct run cgroups: the next run's cgroup is
+/// made after the reply, so it appears a moment later (2 s at most).
+fn await_run_names(launchers: &BTreeSet<u32>, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let names = run_names_of(launchers);
+        if names.len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} run cgroups, expected {n}: {names:?}",
+            names.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn is_v1() -> bool {
     std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
 }
@@ -588,7 +606,7 @@ fn prewarmed_runs_keep_every_limit_and_leave_nothing_behind() {
             assert_eq!(r["cgroup"]["attach"], "migrate", "run {i}: {r}");
         }
         // The next run's cgroup and its stub exist between requests.
-        assert_eq!(run_names_of(&launchers).len(), 1, "run {i}");
+        await_run_names(&launchers, 1, &format!("run {i}"));
     }
     assert!(prewarmed >= 3, "only {prewarmed} of 4 runs were pre-warmed");
     // Limits hold in a pre-warmed cgroup from the first instruction.
@@ -626,7 +644,7 @@ fn a_killed_prewarming_launcher_leaves_nothing_behind() {
     let launchers: BTreeSet<u32> = [launcher].into();
     let r = warm.run(&["true"]);
     assert_eq!(r["status"], "ok", "{r}");
-    assert_eq!(run_names_of(&launchers).len(), 1);
+    await_run_names(&launchers, 1, "after the first run");
     let stub_cgroups = run_cgroups_of(&launchers);
     // The stub moves itself in after its fork; wait until it is there.
     let deadline = Instant::now() + Duration::from_secs(2);
