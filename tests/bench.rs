@@ -207,6 +207,20 @@ fn bench_measures_every_available_backend_and_checks_every_run() {
     }
     let svg = std::fs::read_to_string(out_dir.join("bench-latest.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("kakoi"));
+    // --replot redraws the same table from the JSON.
+    let again = scratch.path().join("again");
+    let out = kakoi_bench(&[
+        "--replot",
+        out_dir.join("bench-latest.json").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(again.join("bench-latest.md")).unwrap(),
+        std::fs::read_to_string(out_dir.join("bench-latest.md")).unwrap()
+    );
+    assert!(again.join("bench-latest.svg").is_file());
     // The scratch dir (cold data dirs, main.py) is gone.
     let left: Vec<_> = std::fs::read_dir(scratch.path())
         .unwrap()
@@ -287,6 +301,10 @@ fn bad_options_are_refused_with_a_clear_error() {
         (
             vec!["--python", "/nonexistent/python"],
             "/nonexistent/python does not exist",
+        ),
+        (
+            vec!["--replot", "/nonexistent/bench.json"],
+            "cannot read /nonexistent/bench.json",
         ),
     ] {
         let mut all = args.clone();

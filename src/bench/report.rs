@@ -76,7 +76,7 @@ pub struct Settings {
     pub workloads: Vec<String>,
     /// Parallelism levels of the throughput test.
     pub concurrency: Vec<usize>,
-    /// Runs per worker thread in the throughput test.
+    /// Runs per throughput batch, at least (a multiple of the parallelism).
     pub concurrency_runs: usize,
     /// Workload of the throughput test.
     pub concurrency_workload: String,
@@ -357,7 +357,7 @@ impl Report {
         if !self.concurrency.is_empty() {
             let _ = writeln!(
                 out,
-                "\n## Concurrency: workload `{}`, {} runs per parallel slot\n",
+                "\n## Concurrency: workload `{}`, batches of at least {} runs, each slot starting its next run when its previous one ends\n",
                 self.settings.concurrency_workload, self.settings.concurrency_runs
             );
             out.push_str("| backend | parallel | runs | seconds | runs/s | runs/s / bare |\n|---|---:|---:|---:|---:|---:|\n");
@@ -592,7 +592,8 @@ fn draw_panel<DB: DrawingBackend>(
     };
     let labels: Vec<String> = panel.bars.iter().map(|b| b.label.clone()).collect();
     let formatter = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+        // The first bar on top.
+        SegmentValue::CenterOf(i) if *i < n => labels[n - 1 - i].clone(),
         _ => String::new(),
     };
     let mut chart = ChartBuilder::on(area)
@@ -608,9 +609,11 @@ fn draw_panel<DB: DrawingBackend>(
         .y_labels(n)
         .y_label_formatter(&formatter)
         .x_labels(8)
+        .x_label_formatter(&|v| format!("{v}"))
         .label_style(("sans-serif", 11))
         .draw()?;
-    for (i, bar) in panel.bars.iter().enumerate() {
+    for (k, bar) in panel.bars.iter().enumerate() {
+        let i = n - 1 - k;
         let color = color_of(&bar.label);
         let end = bar.value.unwrap_or(lo);
         if bar.value.is_some() {

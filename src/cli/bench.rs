@@ -71,8 +71,8 @@ pub struct BenchArgs {
     /// Parallel runs for the throughput test (empty: skip it).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
-    /// Runs per parallel slot in the throughput test.
-    #[arg(long, default_value_t = 4)]
+    /// Runs per throughput batch, at least (rounded up to a multiple of the parallelism).
+    #[arg(long, default_value_t = 32)]
     pub concurrency_runs: usize,
     /// Workload of the throughput test.
     #[arg(long, default_value = "hello")]
@@ -109,6 +109,9 @@ pub struct BenchArgs {
     /// Worker image of the docker backend.
     #[arg(long, value_name = "IMAGE", env = "KAKOI_DOCKER_IMAGE", default_value = DEFAULT_IMAGE)]
     pub docker_image: String,
+    /// Measure nothing: redraw the table and the plot of a saved results JSON into --out.
+    #[arg(long, value_name = "JSON")]
+    pub replot: Option<PathBuf>,
 }
 
 /// What the commands need.
@@ -134,6 +137,9 @@ struct EnvInfo {
 impl BenchArgs {
     /// Run the bench, print the table, write the results.
     pub fn execute(self) -> anyhow::Result<i32> {
+        if let Some(json) = &self.replot {
+            return replot(json, &self.out);
+        }
         self.validate()?;
         let started = SystemTime::now();
         let load_start = bench::loadavg();
@@ -351,7 +357,7 @@ impl BenchArgs {
             let n = infos.len();
             for i in 0..n {
                 let info = &infos[(i + k) % n];
-                let runs = parallel * self.concurrency_runs;
+                let runs = batch_runs(parallel, self.concurrency_runs);
                 if !available.contains(&info.name.as_str()) {
                     let broken = broken_reason(&info.name);
                     concurrency.push(ConcurrencyRow {
@@ -428,14 +434,8 @@ impl BenchArgs {
             notes: notes(),
         };
         report.fill_ratios();
-        let stamp = humantime::format_rfc3339_seconds(started)
-            .to_string()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect::<String>();
-        let stamp = format!("{}-{}", &stamp[..8], &stamp[8..]);
         print!("{}", report.markdown());
-        let json = report.write_all(&self.out, &stamp)?;
+        let json = report.write_all(&self.out, &stamp_of(&report.date))?;
         eprintln!(
             "kakoi bench: wrote {} (and .md, .svg; also bench-latest.*)",
             json.display()
@@ -483,6 +483,9 @@ impl BenchArgs {
         }
         if self.concurrency.contains(&0) {
             bail!("--concurrency levels must be at least 1");
+        }
+        if self.concurrency_runs == 0 {
+            bail!("--concurrency-runs must be at least 1");
         }
         if !self
             .import
@@ -651,6 +654,32 @@ impl Ctx {
             vec!["--backend".into(), "native".into()]
         }
     }
+}
+
+/// Runs in a throughput batch: at least `min` and `parallel`, a multiple of `parallel`.
+fn batch_runs(parallel: usize, min: usize) -> usize {
+    min.max(parallel).div_ceil(parallel) * parallel
+}
+
+/// `20261123-194342` from `2026-11-23T19:43:42Z`.
+fn stamp_of(date: &str) -> String {
+    let digits: String = date.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 14 {
+        return "undated".into();
+    }
+    format!("{}-{}", &digits[..8], &digits[8..14])
+}
+
+/// `--replot`: read a results JSON, write its table and plot again.
+fn replot(json: &Path, out: &Path) -> anyhow::Result<i32> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a kakoi bench results file", json.display()))?;
+    print!("{}", report.markdown());
+    let written = report.write_all(out, &stamp_of(&report.date))?;
+    eprintln!("kakoi bench: wrote {} (and .md, .svg)", written.display());
+    Ok(0)
 }
 
 /// Build (or reuse) the warm env with `kakoi env build --json` and find the toolchain's uv.
@@ -959,6 +988,21 @@ mod tests {
                 .contains(&("OPENBLAS_NUM_THREADS".into(), "1".into()))
         );
         assert_eq!(c.job("bare", numpy).expect_stdout, b"ok\n");
+    }
+
+    #[test]
+    fn throughput_batches_are_whole_rounds() {
+        assert_eq!(batch_runs(1, 32), 32);
+        assert_eq!(batch_runs(4, 32), 32);
+        assert_eq!(batch_runs(16, 32), 32);
+        assert_eq!(batch_runs(16, 40), 48);
+        assert_eq!(batch_runs(2, 1), 2);
+    }
+
+    #[test]
+    fn stamps_come_from_the_date() {
+        assert_eq!(stamp_of("2026-11-23T19:43:42Z"), "20261123-194342");
+        assert_eq!(stamp_of("bad"), "undated");
     }
 
     #[test]
