@@ -146,13 +146,7 @@ impl BenchArgs {
         let wls: Vec<Workload> = self
             .workloads
             .iter()
-            .map(|w| {
-                let mut wl = *bench::workload(w).expect("validated");
-                if wl.needs_env {
-                    wl.code = Box::leak(bench::env_workload_code(&self.import).into_boxed_str());
-                }
-                wl
-            })
+            .map(|w| *bench::workload(w).expect("validated"))
             .collect();
         let needs_env = wls.iter().any(|w| w.needs_env);
 
@@ -582,8 +576,15 @@ impl BenchArgs {
 impl Ctx {
     /// The command of one (backend, workload).
     fn job(&self, backend: &str, wl: &Workload) -> Job {
-        let py =
-            |python: &Path| -> Vec<OsString> { vec![python.into(), "-c".into(), wl.code.into()] };
+        // The env workload imports `--import`'s module.
+        let code = if wl.needs_env {
+            bench::env_workload_code(&self.module)
+        } else {
+            wl.code.to_string()
+        };
+        let py = |python: &Path| -> Vec<OsString> {
+            vec![python.into(), "-c".into(), code.clone().into()]
+        };
         let env = self.env.as_ref();
         // The sandboxes size numeric thread pools to their CPU limit (1); so do the others.
         let threads: Vec<(String, String)> = if wl.needs_env {
@@ -835,11 +836,8 @@ fn cold_once(ctx: &Ctx, env: &EnvInfo, backend: &str, dir: &Path) -> Outcome {
         env: None,
         module: ctx.module.clone(),
     };
-    let wl = Workload {
-        code: "",
-        ..*bench::workload("numpy").expect("exists")
-    };
-    bench::run_job(&fresh.job(backend, &wl))
+    let wl = bench::workload("numpy").expect("exists");
+    bench::run_job(&fresh.job(backend, wl))
 }
 
 fn copy_toolchain(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -988,6 +986,14 @@ mod tests {
                 .contains(&("OPENBLAS_NUM_THREADS".into(), "1".into()))
         );
         assert_eq!(c.job("bare", numpy).expect_stdout, b"ok\n");
+        let six = Ctx {
+            module: "six".into(),
+            ..ctx()
+        };
+        assert_eq!(
+            line(&six.job("bare", numpy)),
+            "/d/envs/v1/x/.venv/bin/python -c import six\nprint(\"ok\")"
+        );
     }
 
     #[test]
