@@ -114,7 +114,7 @@ fn bench_measures_every_available_backend_and_checks_every_run() {
         "--out",
         out_dir.to_str().unwrap(),
     ];
-    args.extend(["--backends", "bare,kakoi,bwrap,docker"]);
+    args.extend(["--backends", "bare,kakoi,kakoi-nocg,bwrap,docker"]);
     let out = kakoi_bench(&args);
     assert!(out.status.success(), "{}", text(&out));
     let report = read_report(&out_dir);
@@ -127,17 +127,18 @@ fn bench_measures_every_available_backend_and_checks_every_run() {
     let expected = [
         ("bare", true),
         ("kakoi", true),
+        ("kakoi-nocg", true),
         ("bwrap", bwrap),
         ("docker", docker),
     ];
-    assert_eq!(report.backends.len(), 4);
+    assert_eq!(report.backends.len(), 5);
     for (b, info) in expected.iter().zip(&report.backends) {
         assert_eq!((info.name.as_str(), info.available), *b, "{info:?}");
         assert_eq!(info.reason.is_some(), !b.1);
     }
     assert_eq!(report.settings.runs, 3);
     let n_workloads = workloads.split(',').count();
-    assert_eq!(report.warm.len(), n_workloads * 4);
+    assert_eq!(report.warm.len(), n_workloads * 5);
     for row in &report.warm {
         let available = expected.iter().any(|(b, a)| *b == row.backend && *a);
         if !available {
@@ -163,17 +164,21 @@ fn bench_measures_every_available_backend_and_checks_every_run() {
         // The command really is the backend's.
         let cmd = row.command.join(" ");
         match row.backend.as_str() {
-            "kakoi" => assert!(cmd.contains("--backend native"), "{cmd}"),
+            "kakoi" => {
+                assert!(cmd.contains("--backend native") && !cmd.contains("--no-cgroup"))
+            }
+            "kakoi-nocg" => assert!(cmd.contains("--backend native --no-cgroup"), "{cmd}"),
             "docker" => assert!(cmd.contains("--backend docker"), "{cmd}"),
             "bwrap" => assert!(cmd.contains("--unshare-all"), "{cmd}"),
             _ => assert!(cmd.contains("python"), "{cmd}"),
         }
     }
     if env {
-        assert_eq!(report.cold.len(), 4);
+        assert_eq!(report.cold.len(), 5);
         for row in &report.cold {
             let want = match row.backend.as_str() {
                 "bwrap" if bwrap => RowStatus::NotApplicable,
+                "kakoi-nocg" => RowStatus::NotApplicable,
                 "docker" if docker => RowStatus::Ok,
                 "bare" | "kakoi" => RowStatus::Ok,
                 _ => RowStatus::Unavailable,
@@ -189,7 +194,7 @@ fn bench_measures_every_available_backend_and_checks_every_run() {
     } else {
         assert!(report.cold.is_empty());
     }
-    assert_eq!(report.concurrency.len(), 2 * 4);
+    assert_eq!(report.concurrency.len(), 2 * 5);
     for row in &report.concurrency {
         assert_eq!(row.runs, row.parallel);
         let available = expected.iter().any(|(b, a)| *b == row.backend && *a);

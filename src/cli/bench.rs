@@ -17,8 +17,9 @@ use crate::bench::report::{
 use crate::bench::stats::summarize;
 use crate::bench::{self, Job, Outcome, Workload};
 
-/// The backends, in table order.
-pub const BACKENDS: [&str; 4] = ["bare", "kakoi", "bwrap", "docker"];
+/// The backends, in table order. `kakoi-nocg` (`--no-cgroup`, opt-in) shows the cgroup's
+/// share of kakoi's time in the same interleaved run.
+pub const BACKENDS: [&str; 5] = ["bare", "kakoi", "kakoi-nocg", "bwrap", "docker"];
 
 /// The env workload's requirements unless `-r` says otherwise.
 pub const DEFAULT_REQUIREMENTS: &str = "numpy==2.2.6\n";
@@ -65,7 +66,8 @@ pub struct BenchArgs {
         default_value = "pass,hello,numpy,cpu,alloc"
     )]
     pub workloads: Vec<String>,
-    /// Backends: bare, kakoi, bwrap, docker (bare is always included: it is the reference).
+    /// Backends: bare, kakoi, kakoi-nocg (kakoi with --no-cgroup), bwrap, docker (bare must
+    /// be included: it is the reference).
     #[arg(long, value_delimiter = ',', default_value = "bare,kakoi,bwrap,docker")]
     pub backends: Vec<String>,
     /// Parallel runs for the throughput test (empty: skip it).
@@ -191,6 +193,12 @@ impl BenchArgs {
                     "`kakoi exec -- python3.11 -c CODE` (`kakoi run -r REQ main.py` with the env): \
                      a fresh kakoi process per run, every layer (namespaces, cgroup, seccomp, \
                      Landlock, rlimits)"
+                        .into(),
+                ),
+                "kakoi-nocg" => (
+                    None,
+                    "the same with `--no-cgroup` (limits fall back to rlimits): the difference \
+                     to `kakoi` is the cgroup's cost"
                         .into(),
                 ),
                 "bwrap" => (
@@ -519,6 +527,10 @@ impl BenchArgs {
                         "`kakoi run --backend docker -r REQ main.py`, fresh data dir (env built natively, then a container)",
                         RowStatus::Ok,
                     ),
+                    "kakoi-nocg" => (
+                        "not measured cold (the build is the same as kakoi's)",
+                        RowStatus::NotApplicable,
+                    ),
                     _ => ("no env store: it runs the env built for bare", RowStatus::NotApplicable),
                 };
                 let status = match (info.available, available.contains(&info.name.as_str())) {
@@ -595,9 +607,10 @@ impl Ctx {
         } else {
             vec![]
         };
+        let nocg = backend == "kakoi-nocg";
         let kakoi_run = |docker: bool| -> Vec<OsString> {
             let mut argv: Vec<OsString> = vec![self.kakoi.clone().into(), "run".into()];
-            argv.extend(self.backend_flags(docker));
+            argv.extend(self.backend_flags(docker, nocg));
             argv.extend(["-q".into(), "-r".into(), self.requirements.clone().into()]);
             if let Some(d) = &self.data_dir {
                 argv.extend(["--data-dir".into(), d.clone().into()]);
@@ -607,7 +620,7 @@ impl Ctx {
         };
         let kakoi_exec = |docker: bool| -> Vec<OsString> {
             let mut argv: Vec<OsString> = vec![self.kakoi.clone().into(), "exec".into()];
-            argv.extend(self.backend_flags(docker));
+            argv.extend(self.backend_flags(docker, nocg));
             argv.push("--".into());
             argv.extend(py(&self.python));
             argv
@@ -615,8 +628,8 @@ impl Ctx {
         let argv = match (backend, wl.needs_env) {
             ("bare", false) => py(&self.python),
             ("bare", true) => py(&env.expect("prepared").python),
-            ("kakoi", false) => kakoi_exec(false),
-            ("kakoi", true) => kakoi_run(false),
+            ("kakoi" | "kakoi-nocg", false) => kakoi_exec(false),
+            ("kakoi" | "kakoi-nocg", true) => kakoi_run(false),
             ("docker", false) => kakoi_exec(true),
             ("docker", true) => kakoi_run(true),
             (_, needs_env) => {
@@ -643,8 +656,8 @@ impl Ctx {
         }
     }
 
-    fn backend_flags(&self, docker: bool) -> Vec<OsString> {
-        if docker {
+    fn backend_flags(&self, docker: bool, no_cgroup: bool) -> Vec<OsString> {
+        let mut flags: Vec<OsString> = if docker {
             vec![
                 "--backend".into(),
                 "docker".into(),
@@ -653,7 +666,11 @@ impl Ctx {
             ]
         } else {
             vec!["--backend".into(), "native".into()]
+        };
+        if no_cgroup {
+            flags.push("--no-cgroup".into());
         }
+        flags
     }
 }
 
@@ -962,6 +979,14 @@ mod tests {
         assert_eq!(
             line(&c.job("kakoi", pass)),
             "/k exec --backend native -- /usr/bin/python3.11 -c pass"
+        );
+        assert_eq!(
+            line(&c.job("kakoi-nocg", pass)),
+            "/k exec --backend native --no-cgroup -- /usr/bin/python3.11 -c pass"
+        );
+        assert_eq!(
+            line(&c.job("kakoi-nocg", numpy)),
+            "/k run --backend native --no-cgroup -q -r /w/req.txt --data-dir /d /w/main.py"
         );
         assert_eq!(
             line(&c.job("docker", pass)),
