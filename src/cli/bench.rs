@@ -204,7 +204,7 @@ impl BenchArgs {
                 "bwrap" => (
                     bwrap.is_none().then(|| {
                         format!(
-                            "{} not found in PATH (apt-get install bubblewrap)",
+                            "{} is not an executable in PATH (apt-get install bubblewrap, or --bwrap PATH)",
                             self.bwrap.display()
                         )
                     }),
