@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod env;
 pub mod host;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod common;
 pub mod docker;
 pub mod doctor;
@@ -32,6 +33,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check what this host supports and which isolation layers a run gets.
     Doctor(doctor::DoctorArgs),
+    /// Compare bare python, kakoi, bubblewrap and Docker mode on the same workloads.
+    Bench(bench::BenchArgs),
     /// Python environments: build, list, gc, rm, toolchain.
     Env(env::EnvArgs),
     /// Internal: draws build progress from uv's output on stdin (used by `env build`/`run -r`).
@@ -55,6 +58,7 @@ pub fn main() -> i32 {
         Command::Exec(args) => args.execute(),
         Command::Run(args) => args.execute(),
         Command::Doctor(args) => args.execute(),
+        Command::Bench(args) => args.execute(),
         Command::Env(args) => args.execute(),
         Command::Progress(args) => args.execute(),
         Command::Docker(args) => args.execute(),
