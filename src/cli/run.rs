@@ -70,17 +70,17 @@ impl RunArgs {
         }
         let format = self.format.unwrap_or_default();
         let lint = self.lint.unwrap_or_default();
-        let (main_source, format_report, lint_report) =
-            if format == FormatMode::Off && lint == LintMode::Off {
-                (Source::Path(self.main.clone()), None, None)
-            } else {
-                let code = std::fs::read_to_string(&self.main).with_context(|| {
-                    format!("cannot read {} as UTF-8 text", self.main.display())
-                })?;
-                let (code, format_report, lint_report) =
-                    ruff_pass(code, format, lint, self.flags.json)?;
-                (Source::Bytes(code.into_bytes()), format_report, lint_report)
-            };
+        let (main_source, format_report, lint_report) = if format == FormatMode::Off
+            && lint == LintMode::Off
+        {
+            (Source::Path(self.main.clone()), None, None)
+        } else {
+            let code = std::fs::read_to_string(&self.main)
+                .with_context(|| format!("cannot read {} as UTF-8 text", self.main.display()))?;
+            let (code, format_report, lint_report) =
+                ruff_pass(code, format, lint, self.flags.json)?;
+            (Source::Bytes(code.into_bytes()), format_report, lint_report)
+        };
         spec.files.insert(
             0,
             InputFile {
