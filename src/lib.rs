@@ -6,6 +6,7 @@ pub mod cli;
 pub mod env;
 pub mod host;
 pub mod lint;
+pub mod mcp;
 pub mod result;
 pub mod sandbox;
 pub mod server;

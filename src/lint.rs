@@ -8,8 +8,11 @@
 //! - `--target-version py311`, `--no-cache`.
 //!
 //! The program is passed on stdin (`--stdin-filename main.py -`); the ruff binary is bound
-//! read-only at [`RUFF_SANDBOX_PATH`]. Where ruff comes from: an explicit path (the server's
-//! `ruff` setting), else `KAKOI_RUFF`, else `ruff` on `PATH`.
+//! read-only at [`RUFF_SANDBOX_PATH`] (with the Nix toolchain's closure, when ruff comes from
+//! it). Where ruff comes from ([`Ruff::locate_with`]): an explicit path (the server's `ruff`
+//! setting), else `KAKOI_RUFF`, else the env toolchain's pinned ruff (`ruff` of
+//! [`crate::env::Toolchain`], downloaded from PyPI on first use or part of the Nix closure),
+//! else `ruff` on `PATH`.
 
 use std::path::{Path, PathBuf};
 
@@ -135,6 +138,8 @@ pub struct Formatted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruff {
     binary: PathBuf,
+    /// Host paths ruff needs at run time (a Nix closure), bound read-only at the same path.
+    binds: Vec<PathBuf>,
 }
 
 impl Ruff {
@@ -142,6 +147,19 @@ impl Ruff {
     pub fn at(binary: impl Into<PathBuf>) -> Ruff {
         Ruff {
             binary: binary.into(),
+            binds: Vec::new(),
+        }
+    }
+
+    /// The env toolchain's pinned ruff, with what it needs bound into the sandbox.
+    pub fn from_toolchain(toolchain: &crate::env::Toolchain) -> Ruff {
+        Ruff {
+            binary: toolchain.ruff.clone(),
+            binds: match toolchain.kind {
+                crate::env::ToolchainKind::Nix => toolchain.binds.clone(),
+                // The PyPI wheel's ruff is one static binary.
+                crate::env::ToolchainKind::Host => Vec::new(),
+            },
         }
     }
 
@@ -152,6 +170,17 @@ impl Ruff {
 
     /// Find ruff: `explicit`, else `$KAKOI_RUFF`, else `ruff` on `PATH`.
     pub fn locate(explicit: Option<&Path>) -> Result<Ruff, LintError> {
+        Ruff::locate_with(explicit, &mut || Ok(None))
+    }
+
+    /// Find ruff: `explicit`, else `$KAKOI_RUFF`, else what `toolchain` gives (the env
+    /// toolchain's pinned ruff; `Ok(None)`: no toolchain), else `ruff` on `PATH`. A toolchain
+    /// that fails (no network for the first download) falls through to `PATH`, and its error
+    /// is part of the message when nothing is found there either.
+    pub fn locate_with(
+        explicit: Option<&Path>,
+        toolchain: &mut dyn FnMut() -> Result<Option<Ruff>, String>,
+    ) -> Result<Ruff, LintError> {
         if let Some(p) = explicit {
             return if p.is_file() {
                 Ok(Ruff::at(p))
@@ -171,6 +200,11 @@ impl Ruff {
                 })
             };
         }
+        let toolchain = match toolchain() {
+            Ok(Some(ruff)) => return Ok(ruff),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
         let path = std::env::var_os("PATH").unwrap_or_default();
         for dir in std::env::split_paths(&path) {
             let candidate = dir.join("ruff");
@@ -179,7 +213,12 @@ impl Ruff {
             }
         }
         Err(LintError::NotFound {
-            looked: "KAKOI_RUFF is unset and there is no ruff on PATH; install it (pip install ruff) or set KAKOI_RUFF".into(),
+            looked: match toolchain {
+                Some(e) => format!(
+                    "KAKOI_RUFF is unset, the env toolchain has no ruff ({e}) and there is no ruff on PATH"
+                ),
+                None => "KAKOI_RUFF is unset and there is no ruff on PATH; set KAKOI_RUFF or install it (pip install ruff)".into(),
+            },
         })
     }
 
@@ -192,6 +231,12 @@ impl Ruff {
             host: self.binary.clone(),
             sandbox: RUFF_SANDBOX_PATH.into(),
         });
+        for path in &self.binds {
+            spec.binds_ro.push(Bind {
+                host: path.clone(),
+                sandbox: path.clone(),
+            });
+        }
         spec.limits.timeout = Some(10.0);
         spec
     }
@@ -525,6 +570,62 @@ mod tests {
         assert_eq!(
             bad.report.error.as_deref(),
             Some("Failed to parse main.py:1:5: Expected an identifier")
+        );
+    }
+
+    #[test]
+    fn an_explicit_ruff_wins_and_the_toolchain_comes_before_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let explicit = dir.path().join("ruff");
+        std::fs::write(&explicit, b"").unwrap();
+        let mut asked = 0;
+        let found = Ruff::locate_with(Some(&explicit), &mut || {
+            asked += 1;
+            Ok(Some(Ruff::at("/toolchain/ruff")))
+        })
+        .unwrap();
+        assert_eq!(found.binary(), explicit);
+        assert_eq!(asked, 0, "the toolchain is not even asked");
+        let missing = Ruff::locate_with(Some(&dir.path().join("nope")), &mut || {
+            Ok(Some(Ruff::at("/toolchain/ruff")))
+        })
+        .unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+        if std::env::var_os("KAKOI_RUFF").is_none() {
+            let found =
+                Ruff::locate_with(None, &mut || Ok(Some(Ruff::at("/toolchain/ruff")))).unwrap();
+            assert_eq!(found.binary(), Path::new("/toolchain/ruff"));
+        }
+    }
+
+    #[test]
+    fn a_nix_toolchain_ruff_gets_its_closure_bound() {
+        let ruff = Ruff {
+            binary: "/nix/store/aaa-ruff/bin/ruff".into(),
+            binds: vec!["/nix/store/aaa-ruff".into(), "/nix/store/bbb-glibc".into()],
+        };
+        let spec = ruff.format_spec(b"x=1\n");
+        let binds: Vec<(&Path, &Path)> = spec
+            .binds_ro
+            .iter()
+            .map(|b| (b.host.as_path(), b.sandbox.as_path()))
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                (
+                    Path::new("/nix/store/aaa-ruff/bin/ruff"),
+                    Path::new(RUFF_SANDBOX_PATH)
+                ),
+                (
+                    Path::new("/nix/store/aaa-ruff"),
+                    Path::new("/nix/store/aaa-ruff")
+                ),
+                (
+                    Path::new("/nix/store/bbb-glibc"),
+                    Path::new("/nix/store/bbb-glibc")
+                ),
+            ]
         );
     }
 

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::attack::{self, Attack};
@@ -211,65 +211,42 @@ const SCIENTIFIC: &[&str] = &[
     "six==1.17.0",
 ];
 
-/// Whether `kakoi run` takes a requirements file yet (environments are another engineer's work
-/// in progress).
-fn run_has_requirements() -> bool {
-    Command::new(env!("CARGO_BIN_EXE_kakoi"))
-        .args(["run", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--requirements"))
-}
-
-/// numpy (OpenBLAS with 4 threads) and pandas under the policy. Once `kakoi run -r` exists this
-/// goes through it (the env is built by kakoi and mounted read-only); until then the wheels are
-/// installed with pip into a host directory (cached in the target dir) and bound read-only at
-/// /opt/site with PYTHONPATH, which exercises the same seccomp/Landlock surface.
+/// numpy (OpenBLAS with 4 threads) and pandas under the policy, in an environment that
+/// `kakoi run -r` builds (once per machine, in the data directory the environment tests share)
+/// and mounts read-only.
 #[test]
 fn numpy_and_pandas() {
     gate!();
-    if run_has_requirements() {
-        let dir = common::scratch();
-        let req = dir.path().join("requirements.txt");
-        std::fs::write(&req, SCIENTIFIC.join("\n") + "\n").unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_kakoi"))
-            .args(["run", "--json", "--timeout", "120", "--requirements"])
-            .arg(&req)
-            .args(["--env", "OPENBLAS_NUM_THREADS=4"])
-            .arg(workloads())
-            .arg("numpy-pandas")
-            .output()
-            .unwrap();
-        let r = common::parse_result(&out);
-        assert_eq!(r.status, Status::Ok, "{r:#?}");
-        assert!(
-            r.stdout
-                .contains("numpy-pandas ok numpy 2.2.6 pandas 2.2.3"),
-            "{r:#?}"
-        );
+    if !common::pypi_available() {
         return;
     }
-    let Some(site) = scientific_site() else {
-        return;
-    };
-    let bind = format!("{}:/opt/site", site.display());
-    let a = python(
-        "numpy-pandas",
-        &[
-            "--bind-ro",
-            &bind,
-            "--env",
-            "PYTHONPATH=/opt/site",
-            "--env",
-            "OPENBLAS_NUM_THREADS=4",
-        ],
-        &[],
-    );
-    let line = a
-        .result
+    let dir = common::scratch();
+    let req = dir.path().join("requirements.txt");
+    std::fs::write(&req, SCIENTIFIC.join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kakoi"))
+        .args([
+            "run",
+            "--json",
+            "--quiet",
+            "--timeout",
+            "120",
+            "--requirements",
+        ])
+        .arg(&req)
+        .args(["--data-dir", common::SHARED_DATA_DIR])
+        .args(["--env", "OPENBLAS_NUM_THREADS=4"])
+        .arg(workloads())
+        .arg("numpy-pandas")
+        .output()
+        .unwrap();
+    let r = common::parse_result(&out);
+    assert_eq!(r.status, Status::Ok, "{r:#?}");
+    assert!(r.env.is_some(), "the run used the -r environment: {r:#?}");
+    let line = r
         .stdout
         .lines()
         .find(|l| l.starts_with("numpy-pandas ok "))
-        .unwrap_or_else(|| panic!("no result line\n{}", a.dump()));
+        .unwrap_or_else(|| panic!("no result line: {r:#?}"));
     assert!(
         line.starts_with("numpy-pandas ok numpy 2.2.6 pandas 2.2.3 tasks "),
         "{line}"
@@ -277,66 +254,4 @@ fn numpy_and_pandas() {
     // OpenBLAS caps its threads at the CPUs it may use (2 here): main + at least one worker.
     let tasks: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(tasks >= 2, "OpenBLAS started no worker thread: {line}");
-}
-
-/// pip-installs [`SCIENTIFIC`] into `target/tmp/escape-site-<hash>` once (atomic rename).
-/// Returns None (after printing SKIP, or failing under KAKOI_TEST_REQUIRE=pypi) when PyPI
-/// cannot be reached.
-fn scientific_site() -> Option<PathBuf> {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    SCIENTIFIC.hash(&mut hasher);
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let site = base.join(format!("escape-site-{:016x}", hasher.finish()));
-    if site.join("numpy").is_dir() {
-        return Some(site);
-    }
-    let staging = tempfile::Builder::new()
-        .prefix("escape-site-staging-")
-        .tempdir_in(base)
-        .unwrap();
-    // The sandbox runs Debian's /usr/bin/python3; install for the same interpreter version.
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--target",
-        ])
-        .arg(staging.path())
-        .args(SCIENTIFIC)
-        .output();
-    let installed = out.as_ref().is_ok_and(|o| o.status.success());
-    if !common::require(
-        "pypi",
-        installed,
-        &format!(
-            "pip could not install numpy/pandas from PyPI: {}",
-            out.as_ref().map_or_else(
-                |e| e.to_string(),
-                |o| String::from_utf8_lossy(&o.stderr).into_owned()
-            )
-        ),
-    ) {
-        return None;
-    }
-    // Readable by the sandbox user (uid 1000 maps to an unprivileged host uid).
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(staging.path())
-        .status();
-    let staging = staging.keep();
-    if std::fs::rename(&staging, &site).is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    assert!(
-        site.join("numpy").is_dir(),
-        "{} not installed",
-        site.display()
-    );
-    Some(site)
 }

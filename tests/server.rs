@@ -2,13 +2,19 @@
 //! unix socket. Each test starts its own server process (`kakoi serve --config <tmp>`), talks
 //! to it, and checks on the host what it left: launchers, sandbox processes (by the host uid a
 //! launcher maps its sandbox to) and run cgroups (by launcher pid).
+//!
+//! Servers use the data directory `tests/env.rs` shares (`/var/tmp/kakoi-test-env/shared`,
+//! kept between test runs): its toolchain (the pinned uv and ruff, downloaded from PyPI once
+//! per machine) is the ruff of the format/lint tests, and every environment is built once
+//! per machine. A test that must watch a build happen uses a fresh data directory into which
+//! the shared toolchain is copied.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,8 @@ impl Server {
         Server::start_with(toml, &[], &[])
     }
 
+    /// `env` is set for the server; `KAKOI_DATA_DIR` defaults to the shared data directory,
+    /// and `KAKOI_RUFF` is unset unless given (ruff comes from the toolchain).
     fn start_with(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("itest-serve-")
@@ -59,6 +67,8 @@ impl Server {
             .arg(&config)
             .args(args)
             .env_remove("KAKOI_TOKEN")
+            .env_remove("KAKOI_RUFF")
+            .env("KAKOI_DATA_DIR", shared_data())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -146,6 +156,83 @@ impl Drop for Server {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Data directories (shared with tests/env.rs).
+// ---------------------------------------------------------------------------------------
+
+const DATA_BASE: &str = "/var/tmp/kakoi-test-env";
+
+fn data_base() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let base = PathBuf::from(DATA_BASE);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    base
+}
+
+/// The data directory shared by tests and test runs.
+fn shared_data() -> PathBuf {
+    data_base();
+    PathBuf::from(SHARED_DATA_DIR)
+}
+
+/// The shared store's toolchain directory (`.../toolchain/host-uv<V>-ruff<V>-<arch>`),
+/// installed once per machine by `kakoi env toolchain`.
+fn shared_toolchain() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let out = kakoi()
+                .args(["env", "toolchain", "--json", "--quiet", "--data-dir"])
+                .arg(shared_data())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "kakoi env toolchain: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            PathBuf::from(doc["ruff"]["path"].as_str().unwrap())
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        })
+        .clone()
+}
+
+/// A new, empty data directory with the shared toolchain copied in (no uv cache, no envs):
+/// for tests that must see a build happen.
+fn fresh_data(tag: &str) -> tempfile::TempDir {
+    let tools = shared_toolchain();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("server-{tag}-"))
+        .tempdir_in(data_base())
+        .unwrap();
+    let target = dir
+        .path()
+        .join("toolchain")
+        .join(tools.file_name().unwrap());
+    std::fs::create_dir_all(target.join("bin")).unwrap();
+    for name in ["bin/uv", "bin/ruff", "manifest.json"] {
+        std::fs::copy(tools.join(name), target.join(name)).unwrap();
+    }
+    dir
+}
+
+/// Gate + lock for tests that build environments.
+macro_rules! setup_pypi {
+    () => {{
+        let guard = setup!();
+        if !pypi_available() {
+            return;
+        }
+        guard
+    }};
+}
+
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
@@ -222,6 +309,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A client for requests that may build environments (minutes on a cold machine).
+fn long_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
         .build()
         .unwrap()
 }
@@ -480,21 +575,42 @@ fn bad_requests_get_each_error_code() {
         let (st, b) = post_json(&s, json!({ "code": big })).await;
         assert_error(st, &b, 413, "payload_too_large");
 
+        // The docker backend is off unless the operator enables it.
+        let (st, b) = post_json(&s, json!({"code": "1", "backend": "docker"})).await;
+        assert!(assert_error(st, &b, 400, "bad_request").contains("docker backend is not enabled"));
+        let (st, b) = post_json(&s, json!({"code": "1", "backend": "podman"})).await;
+        assert!(assert_error(st, &b, 400, "bad_request").contains("unknown variant"));
+        let form = reqwest::multipart::Form::new()
+            .text("main.py", "print(1)")
+            .text("backend", "docker");
+        let r = c.post(s.url("/run")).multipart(form).send().await.unwrap();
+        let st = r.status().as_u16();
+        assert!(
+            assert_error(st, &r.json().await.unwrap(), 400, "bad_request")
+                .contains("docker backend is not enabled")
+        );
+        // A bad request is refused before an environment is built for it (this one would
+        // be a 422 from uv otherwise).
         let (st, b) = post_json(
             &s,
-            json!({"code": "print(1)", "requirements": "rich==13.9.4\n"}),
+            json!({"code": "1", "requirements": "kakoi-test-no-such-package-3f9c1e\n",
+                   "files": {"/etc/x": {"text": "x"}}}),
         )
         .await;
-        assert!(assert_error(st, &b, 422, "env_failed").contains("requirements"));
+        assert_error(st, &b, 400, "bad_request");
+        // A requirements line that is not a requirement is refused before uv runs.
+        let (st, b) = post_json(
+            &s,
+            json!({"code": "print(1)", "requirements": "--index-url https://example.invalid/\n"}),
+        )
+        .await;
+        assert_error(st, &b, 422, "env_failed");
+        assert_eq!(b["error"]["detail"]["stage"], "env-requirements", "{b:#}");
+        assert!(
+            b["error"]["detail"]["uv"].is_null(),
+            "uv did not run: {b:#}"
+        );
 
-        let r = c
-            .post(s.url("/envs"))
-            .json(&json!({"requirements": "rich==13.9.4\n"}))
-            .send()
-            .await
-            .unwrap();
-        let st = r.status().as_u16();
-        assert_error(st, &r.json().await.unwrap(), 422, "env_failed");
         let r = c
             .post(s.url("/envs"))
             .json(&json!({"requirements": "# nothing\n"}))
@@ -668,12 +784,13 @@ async fn wait_running(s: &Server, n: u64) {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_client_that_disconnects_gets_its_sandbox_killed() {
+fn a_client_that_disconnects_gets_its_sandbox_killed_and_the_launcher_stays() {
     let _g = setup!();
     let s = Server::start("workers = 1\n");
     let rt = runtime();
     let launchers = s.launchers();
     assert_eq!(launchers.len(), 1, "{launchers:?}");
+    let launcher = *launchers.iter().next().unwrap();
     rt.block_on(async {
         let run = tokio::spawn(post_json_owned(
             s.url("/run"),
@@ -686,8 +803,7 @@ fn a_client_that_disconnects_gets_its_sandbox_killed() {
         run.abort(); // the client goes away: its connection closes
         let _ = run.await;
     });
-    // The sandbox's processes and cgroup are gone. (The launcher is killed with them, or,
-    // when launchers take `cancel` frames, ends the run itself and stays in service.)
+    // The sandbox's processes and cgroup are gone...
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let procs = processes_of(&uids_of(&launchers));
@@ -701,12 +817,38 @@ fn a_client_that_disconnects_gets_its_sandbox_killed() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(s.log().contains("run cancelled"), "{}", s.log());
-    // The server goes on with a new launcher.
+    // ...ended by a `cancel` frame: the launcher killed its own sandbox and stayed alive.
+    assert!(
+        s.log().contains("run cancelled: sending cancel"),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains("killing its launcher"), "{}", s.log());
+    assert!(alive(launcher), "the launcher survived the cancel");
+    // The same launcher serves the next request (no respawn).
     let (status, body) = rt.block_on(post_json(&s, json!({"code": "print('still here')"})));
-    assert_eq!(result_of(status, &body).stdout, "still here\n");
+    let r = result_of(status, &body);
+    assert_eq!(r.stdout, "still here\n");
+    assert_eq!(
+        r.isolation.host_uid,
+        host_uid_of_launcher(launcher),
+        "the run went to the launcher that was there before the cancel"
+    );
+    assert_eq!(s.launchers(), launchers, "no launcher was replaced");
     let h = rt.block_on(health(&s));
     assert_eq!(h["pool"]["running"], 0);
+    assert_eq!(h["pool"]["workers"], 1);
+    let metrics = rt.block_on(async {
+        client()
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(metric(&metrics, "kakoi_cancelled_runs"), 1.0, "{metrics}");
 }
 
 #[test]
@@ -1170,62 +1312,14 @@ fn the_served_openapi_matches_the_handlers_and_real_responses() {
 // ruff: format and lint in the sandbox.
 // ---------------------------------------------------------------------------------------
 
-/// The pinned ruff used by the tests, installed from PyPI into target/ once.
-pub const RUFF_VERSION: &str = "0.17.6";
-
-fn pinned_ruff() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/test-tools")
-        .join(format!("ruff-{RUFF_VERSION}"));
-    let bin = dir.join("bin/ruff");
-    if bin.is_file() {
-        return bin;
-    }
-    let pip = |extra: &[&str]| {
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(extra)
-            .arg("--target")
-            .arg(&dir)
-            .arg(format!("ruff=={RUFF_VERSION}"))
-            .output()
-            .expect("run python3 -m pip (apt-get install python3-pip)")
-    };
-    let mut out = pip(&[]);
-    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("externally-managed")
-    {
-        // Debian's python marks itself externally managed; a --target directory of our own
-        // does not touch the system's packages.
-        out = pip(&["--break-system-packages"]);
-    }
-    assert!(
-        out.status.success() && bin.is_file(),
-        "cannot install ruff=={RUFF_VERSION} from PyPI into {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
-}
-
 #[test]
 fn format_and_lint_run_in_the_sandbox() {
-    let _g = setup!();
-    let ruff = pinned_ruff();
-    let s = Server::start_with(
-        "workers = 1\n",
-        &[],
-        &[("KAKOI_RUFF", ruff.to_str().unwrap())],
-    );
+    let _g = setup_pypi!();
+    // No KAKOI_RUFF, no ruff on PATH: the env toolchain's pinned ruff is used.
+    let toolchain = shared_toolchain();
+    let s = Server::start_with("workers = 1\n", &[], &[("PATH", "/usr/bin:/bin")]);
     let rt = runtime();
     rt.block_on(async {
-        let h = health(&s).await;
-        assert_eq!(h["lint"], true);
         // check: report a diff, run the code as sent.
         let code = "import os\nx=[1,\n  2]\nprint(open(__file__).read(), end='')\n";
         let (st, b) = post_json(&s, json!({"code": code, "format": "check", "lint": "warn"})).await;
@@ -1281,28 +1375,59 @@ fn format_and_lint_run_in_the_sandbox() {
         assert!(r.stderr.contains("SyntaxError"));
         assert!(r.format.unwrap().error.unwrap().contains("Failed to parse"));
         assert_eq!(r.lint.unwrap().diagnostics[0].code, "invalid-syntax");
+        // Which ruff did it: the toolchain's.
+        let h = health(&s).await;
+        assert_eq!(h["lint"], true);
+        assert_eq!(
+            h["ruff"].as_str().unwrap(),
+            toolchain.join("bin/ruff").to_str().unwrap(),
+            "{h:#}"
+        );
     });
 }
 
 #[test]
 fn format_without_ruff_is_a_clear_422() {
     let _g = setup!();
+    // The configured path comes first...
     let s = Server::start_with("workers = 1\nruff = \"/nonexistent/ruff\"\n", &[], &[]);
     let rt = runtime();
     let (st, b) = rt.block_on(post_json(&s, json!({"code": "print(1)", "lint": "warn"})));
     let msg = assert_error(st, &b, 422, "lint_unavailable");
     assert!(msg.contains("/nonexistent/ruff"), "{msg}");
+    assert_eq!(rt.block_on(health(&s))["lint"], false);
+    drop(s);
+    // ...then KAKOI_RUFF, before the toolchain (which the shared data directory has).
+    let s = Server::start_with(
+        "workers = 1\n",
+        &[],
+        &[("KAKOI_RUFF", "/nonexistent/kakoi-ruff")],
+    );
+    let (st, b) = rt.block_on(post_json(
+        &s,
+        json!({"code": "print(1)", "format": "check"}),
+    ));
+    let msg = assert_error(st, &b, 422, "lint_unavailable");
+    assert!(msg.contains("KAKOI_RUFF=/nonexistent/kakoi-ruff"), "{msg}");
 }
 
 #[test]
 fn cli_run_formats_and_lints() {
-    let _g = setup!();
-    let ruff = pinned_ruff();
+    let _g = setup_pypi!();
+    shared_toolchain();
     let dir = scratch();
     let main = dir.path().join("main.py");
     std::fs::write(&main, "import os\nprint( 'cli' )\n").unwrap();
-    let out = kakoi()
-        .env("KAKOI_RUFF", &ruff)
+    // The same lookup as the server: no KAKOI_RUFF and no ruff on PATH, so the data
+    // directory's toolchain ruff is used.
+    let cli = || {
+        let mut cmd = kakoi();
+        cmd.env_remove("KAKOI_RUFF")
+            .env("PATH", "/usr/bin:/bin")
+            .env("KAKOI_DATA_DIR", shared_data());
+        cmd
+    };
+    let out = cli()
         .args(["run", "--json", "--format=check", "--lint=warn"])
         .arg(&main)
         .output()
@@ -1311,8 +1436,7 @@ fn cli_run_formats_and_lints() {
     assert_eq!(r.stdout, "cli\n");
     assert!(r.format.unwrap().changed);
     assert_eq!(r.lint.unwrap().diagnostics[0].code, "F401");
-    let out = kakoi()
-        .env("KAKOI_RUFF", &ruff)
+    let out = cli()
         .args(["run", "--lint=error"])
         .arg(&main)
         .output()
@@ -1324,41 +1448,478 @@ fn cli_run_formats_and_lints() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Environments and returned files (need the environment store and RunSpec.collect).
+// Returned files, environments, the Docker backend.
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_matplotlib_plot_comes_back_as_a_file() {
+fn files_written_under_out_come_back_within_the_caps() {
     let _g = setup!();
-    let s = Server::start("workers = 2\n[max_limits]\ntimeout = 600\nmemory = \"1G\"\n");
+    let s = Server::start("workers = 1\n");
     let rt = runtime();
-    let (st, b) = rt.block_on(post_json(
-        &s,
-        json!({
-            "code": "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.savefig('out/plot.png')\nprint('saved')\n",
-            "requirements": "matplotlib==3.9.2\n",
-            "timeout": 120,
-            "memory": "1G"
-        }),
-    ));
-    if st == 422 && b["error"]["message"] == kakoi::server::env::NO_ENVIRONMENTS {
-        require(
-            "envs",
-            false,
-            "this build has no environment store yet (src/env); the plot needs matplotlib",
-        );
-        return;
-    }
+    let code = r#"
+import os
+# out/ exists, empty and writable, when the program starts.
+print(os.path.isdir('out'), os.listdir('out'), os.access('out', os.W_OK))
+open('out/result.txt', 'w').write('forty-two\n')
+os.makedirs('out/sub')
+open('out/sub/raw.bin', 'wb').write(bytes(range(256)))
+os.symlink('/etc/passwd', 'out/link')
+open('not-returned.txt', 'w').write('outside out/')
+"#;
+    let (st, b) = rt.block_on(post_json(&s, json!({ "code": code })));
     let r = result_of(st, &b);
     assert_eq!(r.status, Status::Ok, "{b:#}");
+    assert_eq!(r.stdout, "True [] True\n");
+    let by_path: std::collections::BTreeMap<&str, &kakoi::result::OutputFile> =
+        r.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    assert_eq!(
+        by_path.keys().copied().collect::<Vec<_>>(),
+        ["link", "result.txt", "sub/raw.bin"],
+        "{:?}",
+        r.files
+    );
+    assert_eq!(
+        base64_decode(by_path["result.txt"].base64.as_deref().unwrap()),
+        b"forty-two\n"
+    );
+    assert_eq!(
+        base64_decode(by_path["sub/raw.bin"].base64.as_deref().unwrap()),
+        (0..=255u8).collect::<Vec<_>>()
+    );
+    assert_eq!(by_path["link"].skipped.as_deref(), Some("symlink"));
+    assert!(
+        by_path["link"].base64.is_none(),
+        "a symlink is never followed"
+    );
+    drop(s);
+
+    // The operator's caps apply.
+    let s = Server::start("workers = 1\n[files]\nmax_file = \"1K\"\nmax_count = 2\n");
+    let code = "for i in range(3):\n    open(f'out/f{i}.txt', 'w').write('x' * (i * 1000))\nopen('out/big.bin', 'wb').write(b'y' * 5000)\n";
+    let (st, b) = rt.block_on(post_json(&s, json!({ "code": code })));
+    let r = result_of(st, &b);
+    assert_eq!(r.status, Status::Ok, "{b:#}");
+    let returned: Vec<(&str, Option<&str>)> = r
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.skipped.as_deref()))
+        .collect();
+    // Sorted by name; after `max_count` entries, one `limit` entry names the first left out.
+    assert_eq!(
+        returned,
+        [
+            ("big.bin", Some("too_large")),
+            ("f0.txt", None),
+            ("f1.txt", Some("limit"))
+        ],
+        "{:?}",
+        r.files
+    );
+    assert_eq!(r.files[0].size, 5000);
+}
+
+#[test]
+fn a_matplotlib_plot_comes_back_as_a_file() {
+    let _g = setup_pypi!();
+    let s = Server::start("workers = 2\n[max_limits]\ntimeout = 600\nmemory = \"1G\"\n");
+    let rt = runtime();
+    let code = r#"
+import os
+os.environ['MPLCONFIGDIR'] = '/tmp/matplotlib'
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+plt.plot([1, 2, 3], [1, 4, 9])
+plt.title('kakoi')
+plt.savefig('out/plot.png')
+open('out/points.csv', 'w').write('x,y\n1,1\n2,4\n3,9\n')
+print('saved', matplotlib.__version__)
+"#;
+    let (st, b) = rt.block_on(async {
+        let r = long_client()
+            .post(s.url("/run"))
+            .json(&json!({
+                "code": code,
+                "requirements": "matplotlib==3.9.2\n",
+                "timeout": 120,
+                "memory": "1G"
+            }))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    let r = result_of(st, &b);
+    assert_eq!(r.status, Status::Ok, "{b:#}");
+    assert_eq!(r.stdout, "saved 3.9.2\n");
+    assert!(r.env.is_some(), "the run used the env: {b:#}");
     let plot = r
         .files
         .iter()
         .find(|f| f.path == "plot.png")
         .unwrap_or_else(|| panic!("no plot.png in files: {:?}", r.files));
     let png = base64_decode(plot.base64.as_deref().unwrap());
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     assert_eq!(png.len() as u64, plot.size);
+    assert!(png.len() > 1000, "a real plot, {} bytes", png.len());
+    let csv = r.files.iter().find(|f| f.path == "points.csv").unwrap();
+    assert_eq!(
+        base64_decode(csv.base64.as_deref().unwrap()),
+        b"x,y\n1,1\n2,4\n3,9\n"
+    );
+}
+
+/// Small pure-Python packages pinned to different versions: (requirement, import name,
+/// distribution name, version).
+const PINNED: [(&str, &str, &str, &str); 20] = [
+    ("six==1.16.0", "six", "six", "1.16.0"),
+    ("six==1.17.0", "six", "six", "1.17.0"),
+    ("attrs==23.2.0", "attr", "attrs", "23.2.0"),
+    ("attrs==24.2.0", "attr", "attrs", "24.2.0"),
+    ("idna==3.7", "idna", "idna", "3.7"),
+    ("idna==3.10", "idna", "idna", "3.10"),
+    ("packaging==23.2", "packaging", "packaging", "23.2"),
+    ("packaging==24.2", "packaging", "packaging", "24.2"),
+    ("iniconfig==2.0.0", "iniconfig", "iniconfig", "2.0.0"),
+    ("tomli==2.0.1", "tomli", "tomli", "2.0.1"),
+    ("tomli==2.2.1", "tomli", "tomli", "2.2.1"),
+    (
+        "typing-extensions==4.12.2",
+        "typing_extensions",
+        "typing-extensions",
+        "4.12.2",
+    ),
+    ("pyparsing==3.1.4", "pyparsing", "pyparsing", "3.1.4"),
+    ("pyparsing==3.2.0", "pyparsing", "pyparsing", "3.2.0"),
+    ("zipp==3.20.2", "zipp", "zipp", "3.20.2"),
+    (
+        "more-itertools==10.5.0",
+        "more_itertools",
+        "more-itertools",
+        "10.5.0",
+    ),
+    ("certifi==2024.8.30", "certifi", "certifi", "2024.8.30"),
+    ("wcwidth==0.2.13", "wcwidth", "wcwidth", "0.2.13"),
+    ("toolz==0.12.1", "toolz", "toolz", "0.12.1"),
+    (
+        "sortedcontainers==2.4.0",
+        "sortedcontainers",
+        "sortedcontainers",
+        "2.4.0",
+    ),
+];
+
+#[test]
+fn twenty_concurrent_requests_with_different_requirements_each_get_their_own_env() {
+    let _g = setup_pypi!();
+    let s = Server::start("workers = 2\nqueue = 32\nqueue_timeout = 600\n");
+    let launchers = s.launchers();
+    let rt = runtime();
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (i, (req, module, dist, _)) in PINNED.iter().enumerate() {
+            let url = s.url("/run");
+            let body = json!({
+                "code": format!(
+                    "import importlib, importlib.metadata as m\nimportlib.import_module({module:?})\nprint({dist:?}, m.version({dist:?}))"
+                ),
+                "requirements": format!("# request {i}\n{req}\n"),
+            });
+            tasks.push(tokio::spawn(async move {
+                let r = long_client().post(url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let mut digests = BTreeSet::new();
+    let mut built = 0;
+    for ((_, _, dist, version), (status, body)) in PINNED.iter().zip(&results) {
+        let r = result_of(*status, body);
+        assert_eq!(r.status, Status::Ok, "{body:#}");
+        assert_eq!(r.stdout, format!("{dist} {version}\n"), "{body:#}");
+        let env = r.env.expect("result.env");
+        digests.insert(env.digest);
+        built += usize::from(!env.cache_hit);
+    }
+    assert_eq!(digests.len(), 20, "twenty different environments");
+    eprintln!(
+        "20 requests with different requirements: {:?} ({built} environments built, the rest were in the shared store)",
+        started.elapsed()
+    );
+    // The runs went to the two run launchers; builds to the one build launcher.
+    let now = s.launchers();
+    assert!(now.is_superset(&launchers), "{launchers:?} -> {now:?}");
+    assert!(
+        now.len() <= 3,
+        "2 run launchers and at most 1 build launcher: {now:?}"
+    );
+    assert!(processes_of(&uids_of(&launchers)).is_empty());
+    assert!(run_cgroups_of(&now).is_empty());
+}
+
+/// A fresh data directory: the first request builds, the second finds the env; concurrent
+/// requests for one new env build it once; `POST /envs` pre-builds and `GET /envs` lists.
+#[test]
+fn environments_are_built_once_cached_and_listed() {
+    let _g = setup_pypi!();
+    let data = fresh_data("envs");
+    let s = Server::start_with(
+        "workers = 2\nqueue = 16\nqueue_timeout = 600\n",
+        &[],
+        &[("KAKOI_DATA_DIR", data.path().to_str().unwrap())],
+    );
+    let rt = runtime();
+    let code = "import iniconfig, importlib.metadata as m\nprint(m.version('iniconfig'))";
+    rt.block_on(async {
+        // Four concurrent requests for one environment nobody built yet.
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let url = s.url("/run");
+            let body = json!({"code": code, "requirements": "iniconfig==2.0.0\n"});
+            tasks.push(tokio::spawn(async move {
+                let r = long_client().post(url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }));
+        }
+        let mut first = Vec::new();
+        for t in tasks {
+            let (st, b) = t.await.unwrap();
+            let r = result_of(st, &b);
+            assert_eq!(r.stdout, "2.0.0\n", "{b:#}");
+            first.push((r.env.unwrap(), r.timings.env_ms));
+        }
+        let builds: Vec<_> = first.iter().filter(|(e, _)| !e.cache_hit).collect();
+        assert_eq!(builds.len(), 1, "built once: {first:?}");
+        assert!(builds[0].0.build_ms > 0.0);
+        let digest = first[0].0.digest.clone();
+        assert!(first.iter().all(|(e, _)| e.digest == digest), "{first:?}");
+        let build_env_ms = builds[0].1;
+
+        // A later request finds it: no build, and faster than the build.
+        let (st, b) = post_json(&s, json!({"code": code, "requirements": "iniconfig==2.0.0\n"})).await;
+        let r = result_of(st, &b);
+        let env = r.env.unwrap();
+        assert!(env.cache_hit, "{b:#}");
+        assert_eq!(env.build_ms, 0.0);
+        assert_eq!(env.digest, digest);
+        assert!(r.timings.env_ms > 0.0);
+        assert!(
+            r.timings.env_ms < build_env_ms,
+            "a cache hit ({} ms) is faster than the build ({build_env_ms} ms)",
+            r.timings.env_ms
+        );
+        let metrics = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(metric(&metrics, "kakoi_env_resolutions_total{cache=\"miss\"}"), 1.0, "{metrics}");
+        assert_eq!(metric(&metrics, "kakoi_env_resolutions_total{cache=\"hit\"}"), 4.0, "{metrics}");
+
+        // POST /envs builds ahead of runs; the run then hits the cache.
+        let r = long_client()
+            .post(s.url("/envs"))
+            .json(&json!({"requirements": "tomli==2.0.1\n"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let pre: Value = r.json().await.unwrap();
+        assert_eq!(pre["cache_hit"], false, "{pre:#}");
+        let pre_digest = pre["digest"].as_str().unwrap().to_owned();
+        let (st, b) = post_json(
+            &s,
+            json!({"code": "import tomli\nprint(tomli.loads('a = 1'))", "requirements": "tomli==2.0.1\n"}),
+        )
+        .await;
+        let r = result_of(st, &b);
+        assert_eq!(r.stdout, "{'a': 1}\n");
+        let env = r.env.unwrap();
+        assert!(env.cache_hit);
+        assert_eq!(env.digest, pre_digest);
+        // Building an existing env again is a cache hit too.
+        let r = client()
+            .post(s.url("/envs"))
+            .json(&json!({"requirements": "tomli==2.0.1\n"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap()["cache_hit"], true);
+
+        // GET /envs lists both.
+        let list: Value = client().get(s.url("/envs")).send().await.unwrap().json().await.unwrap();
+        let envs = list["envs"].as_array().unwrap();
+        assert_eq!(envs.len(), 2, "{list:#}");
+        let tomli = envs.iter().find(|e| e["digest"] == pre_digest.as_str()).unwrap();
+        assert_eq!(tomli["requirements"], "tomli==2.0.1\n");
+        assert_eq!(tomli["packages"], json!(["tomli==2.0.1"]));
+        assert_eq!(tomli["in_use"], false);
+        let iniconfig = envs.iter().find(|e| e["digest"] == digest.as_str()).unwrap();
+        assert_eq!(iniconfig["packages"], json!(["iniconfig==2.0.0"]));
+    });
+    // One env directory per digest in the store, no staging left.
+    let mut dirs: Vec<String> = std::fs::read_dir(data.path().join("envs/v1"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert_eq!(
+        std::fs::read_dir(data.path().join("envs/v1/.staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // Builds ran as the build id (they wrote the shared uv cache as it).
+    use std::os::unix::fs::MetadataExt as _;
+    let cache = std::fs::metadata(data.path().join("uv-cache")).unwrap();
+    assert_eq!(cache.uid(), kakoi::env::BUILD_HOST_ID);
+    drop(s);
+}
+
+#[test]
+fn a_failing_environment_build_is_422_with_uvs_message() {
+    let _g = setup_pypi!();
+    let s = Server::start("workers = 1\n");
+    let rt = runtime();
+    rt.block_on(async {
+        let missing = "kakoi-test-no-such-package-3f9c1e==1.0\n";
+        let (st, b) = post_json(&s, json!({"code": "print(1)", "requirements": missing})).await;
+        let msg = assert_error(st, &b, 422, "env_failed");
+        assert!(msg.contains("uv exited with"), "{msg}");
+        let detail = &b["error"]["detail"];
+        assert_eq!(detail["stage"], "env-resolve", "{b:#}");
+        assert!(detail["uv_exit_code"].as_i64().unwrap() != 0);
+        let uv = detail["uv"].as_str().unwrap();
+        assert!(
+            uv.contains("kakoi-test-no-such-package-3f9c1e") && uv.contains("not found"),
+            "uv's own message: {uv}"
+        );
+        assert!(detail["hint"].is_string());
+        // POST /envs says the same.
+        let r = client()
+            .post(s.url("/envs"))
+            .json(&json!({ "requirements": missing }))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let b: Value = r.json().await.unwrap();
+        assert_error(st, &b, 422, "env_failed");
+        assert!(
+            b["error"]["detail"]["uv"]
+                .as_str()
+                .unwrap()
+                .contains("not found")
+        );
+        // Conflicting pins.
+        let (st, b) = post_json(
+            &s,
+            json!({"code": "print(1)", "requirements": "six==1.16.0\nsix==1.17.0\n"}),
+        )
+        .await;
+        assert_error(st, &b, 422, "env_failed");
+        assert_eq!(b["error"]["detail"]["stage"], "env-resolve", "{b:#}");
+    });
+    assert!(run_cgroups_of(&s.launchers()).is_empty());
+}
+
+/// Whether Docker mode can run here (engine and worker image), or why not.
+fn docker_missing() -> Option<String> {
+    use kakoi::backend::docker::{DockerBackend, DockerConfig};
+    match DockerBackend::new(DockerConfig::default()) {
+        Ok(_) => None,
+        Err(e) => Some(match e.hint() {
+            Some(hint) => format!("{e} ({hint})"),
+            None => e.to_string(),
+        }),
+    }
+}
+
+#[test]
+fn docker_requests_run_in_a_container_when_the_operator_enables_it() {
+    let _g = setup_pypi!();
+    let missing = docker_missing();
+    if !require(
+        "docker",
+        missing.is_none(),
+        missing.as_deref().unwrap_or_default(),
+    ) {
+        return;
+    }
+    let s = Server::start("workers = 1\n[docker]\nenabled = true\n");
+    let rt = runtime();
+    rt.block_on(async {
+        let h = health(&s).await;
+        assert_eq!(
+            h["backends"],
+            json!([
+                {"name": "native", "default": true, "files": true},
+                {"name": "docker", "default": false, "files": false}
+            ])
+        );
+        // JSON, with an environment (built natively, bound read-only into the container).
+        let r = client()
+            .post(s.url("/run"))
+            .json(&json!({
+                "code": "import os, sys, six\nprint(six.__version__, os.path.exists('/.dockerenv'), sys.stdin.read())",
+                "requirements": "six==1.16.0\n",
+                "stdin": "in",
+                "backend": "docker"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-kakoi-files"], "not-collected");
+        let st = r.status().as_u16();
+        let b: Value = r.json().await.unwrap();
+        let r = result_of(st, &b);
+        assert_eq!(r.status, Status::Ok, "{b:#}");
+        assert_eq!(r.backend, "docker");
+        assert_eq!(r.stdout, "1.16.0 True in\n");
+        assert!(r.env.is_some());
+        assert!(r.files.is_empty());
+        // Multipart; a program that fails is a 200 with its status there too.
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "main.py",
+                reqwest::multipart::Part::bytes(b"import sys\nprint('from a form')\nsys.exit(3)\n".to_vec())
+                    .file_name("main.py"),
+            )
+            .text("backend", "docker");
+        let r = client().post(s.url("/run")).multipart(form).send().await.unwrap();
+        let st = r.status().as_u16();
+        let b: Value = r.json().await.unwrap();
+        let r = result_of(st, &b);
+        assert_eq!((r.status, r.exit_code), (Status::RuntimeError, Some(3)), "{b:#}");
+        assert_eq!(r.backend, "docker");
+        assert_eq!(r.stdout, "from a form\n");
+        // The default stays native, with files.
+        let r = client()
+            .post(s.url("/run"))
+            .json(&json!({"code": "open('out/x', 'w').write('x')"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("x-kakoi-files").is_none());
+        let st = r.status().as_u16();
+        let r = result_of(st, &r.json().await.unwrap());
+        assert_eq!(r.backend, "native");
+        assert_eq!(r.files.len(), 1);
+    });
+    drop(s);
+    // The operator may make docker the default; a client may still ask for native.
+    let s = Server::start("workers = 1\nbackend = \"docker\"\n[docker]\nenabled = true\n");
+    rt.block_on(async {
+        let (st, b) = post_json(&s, json!({"code": "print('default')"})).await;
+        assert_eq!(result_of(st, &b).backend, "docker");
+        let (st, b) = post_json(&s, json!({"code": "print('n')", "backend": "native"})).await;
+        assert_eq!(result_of(st, &b).backend, "native");
+    });
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -1424,17 +1985,96 @@ fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
         );
         assert_eq!(pool.stats().workers, 2);
 
-        // Dropping a job's future cancels it and kills its sandbox.
+        // Dropping a job's future cancels it and kills its sandbox; the worker ends the run
+        // on a `cancel` frame and comes back to the pool (no launcher is replaced).
         let slow = pool.run(kakoi::RunSpec::command(["sleep", "30"]));
         let _ = tokio::time::timeout(Duration::from_millis(500), slow).await;
         assert_eq!(pool.stats().cancelled, 1);
         assert_eq!(pool.stats().running, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.stats().idle < 2 {
+            assert!(Instant::now() < deadline, "{:?}", pool.stats());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+        assert_eq!(
+            after, launchers,
+            "the cancelled run's launcher is back in the pool"
+        );
+        assert_eq!(pool.stats().spawned, 2);
+        assert!(processes_of(&uids_of(&launchers)).is_empty());
+        assert!(run_cgroups_of(&launchers).is_empty());
 
-        pool.shutdown(Duration::from_secs(1)).await;
+        // Work without a launcher (a container) takes a permit of the same pool.
+        let answer = pool.run_external(|_killed| async { 42 }).await.unwrap();
+        assert_eq!(answer, 42);
+        let held = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run_external(|killed| async move {
+                    killed.await;
+                    "told to end"
+                })
+                .await
+            })
+        };
+        while pool.stats().running < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.stats().running, 1, "external runs count as running");
+
+        // The environment build pool: started on first use, its launcher maps the sandbox
+        // user to the build id (what `EnvStore::ensure` checks through `host_ids`).
+        let build = kakoi::server::LazyPool::new(kakoi::server::service::build_pool_config(
+            pool.config(),
+            1,
+            Duration::from_secs(60),
+        ));
+        assert!(build.started().is_none());
+        let backend = build.blocking_backend();
+        let ids = tokio::task::spawn_blocking(move || backend.host_ids())
+            .await
+            .unwrap();
+        assert_eq!(
+            ids,
+            Some((kakoi::env::BUILD_HOST_ID, kakoi::env::BUILD_HOST_ID))
+        );
+        let build_launchers: BTreeSet<u32> =
+            build.started().unwrap().worker_pids().into_iter().collect();
+        assert_eq!(build_launchers.len(), 1);
+        // The run pool's launchers each have their own ids.
+        let run_ids = pool.blocking_backend();
+        let run_ids = tokio::task::spawn_blocking(move || run_ids.host_ids())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(run_ids.0, kakoi::env::BUILD_HOST_ID);
+        build.shutdown(Duration::from_secs(1)).await;
+        assert!(matches!(
+            build.get().await,
+            Err(kakoi::server::JobError::ShuttingDown)
+        ));
+        assert_all_gone(
+            &build_launchers,
+            Duration::from_secs(10),
+            "after build pool shutdown",
+        );
+
+        // Shutdown tells external runs to end once the grace period is over.
+        let t = Instant::now();
+        pool.shutdown(Duration::from_millis(300)).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(held.await.unwrap(), Ok("told to end"));
         let e = pool
             .run(kakoi::RunSpec::command(["true"]))
             .await
             .unwrap_err();
+        assert_eq!(e, kakoi::server::JobError::ShuttingDown);
+        let e = pool.run_external(|_| async {}).await.unwrap_err();
         assert_eq!(e, kakoi::server::JobError::ShuttingDown);
         assert_all_gone(&launchers, Duration::from_secs(10), "after pool shutdown");
     });

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod env;
 pub mod exec;
 pub mod launch;
+pub mod mcp;
 pub mod run;
 pub mod serve;
 
@@ -38,8 +39,10 @@ pub enum Command {
     Progress(env::ProgressArgs),
     /// Docker mode: build the worker image, clean up (`kakoi docker build-image`).
     Docker(docker::DockerArgs),
-    /// Serve the HTTP API (`POST /run`, `/health`, `/metrics`, `/openapi.json`, `/envs`).
+    /// Serve the HTTP API (`POST /run`, `/health`, `/metrics`, `/openapi.json`, `/envs`, `/mcp`).
     Serve(serve::ServeArgs),
+    /// Serve MCP on stdin/stdout (tools: run_python, build_env, list_envs, run_command).
+    Mcp(mcp::McpArgs),
     /// Internal: the single-threaded launcher `kakoi serve` spawns.
     #[command(name = "__launch", hide = true)]
     Launch(launch::LaunchArgs),
@@ -56,6 +59,7 @@ pub fn main() -> i32 {
         Command::Progress(args) => args.execute(),
         Command::Docker(args) => args.execute(),
         Command::Serve(args) => args.execute(),
+        Command::Mcp(args) => args.execute(),
         Command::Launch(args) => args.execute(),
     };
     match outcome {

@@ -32,7 +32,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub env: EnvFlags,
     /// Run `ruff format` (in a sandbox) first: `check` reports a diff, `apply` runs the
-    /// formatted program. ruff comes from $KAKOI_RUFF or PATH.
+    /// formatted program. ruff comes from $KAKOI_RUFF, else the env toolchain's pinned ruff
+    /// (downloaded on first use into the data directory), else PATH.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "check")]
     pub format: Option<FormatMode>,
     /// Run `ruff check` (in a sandbox, pinned rules E4,E7,E9,F) first: `warn` reports,
@@ -78,7 +79,7 @@ impl RunArgs {
             let code = std::fs::read_to_string(&self.main)
                 .with_context(|| format!("cannot read {} as UTF-8 text", self.main.display()))?;
             let (code, format_report, lint_report) =
-                ruff_pass(code, format, lint, self.flags.json)?;
+                ruff_pass(code, format, lint, self.flags.json, &self.env)?;
             (Source::Bytes(code.into_bytes()), format_report, lint_report)
         };
         spec.files.insert(
@@ -135,12 +136,20 @@ fn ruff_pass(
     format: FormatMode,
     lint: LintMode,
     json: bool,
+    env: &EnvFlags,
 ) -> anyhow::Result<(
     String,
     Option<crate::result::FormatReport>,
     Option<crate::result::LintReport>,
 )> {
-    let ruff = Ruff::locate(None)?;
+    // The same lookup as the server's: KAKOI_RUFF, the toolchain's pinned ruff, PATH.
+    let ruff = Ruff::locate_with(None, &mut || {
+        let mut progress = CliProgress::new(env.quiet);
+        EnvStore::open(env.store_config())
+            .and_then(|store| store.toolchain(&mut progress))
+            .map(|t| Some(Ruff::from_toolchain(&t)))
+            .map_err(|e| crate::env::error_chain(&e))
+    })?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let mut code = code;
     let mut format_report = None;

@@ -1,13 +1,13 @@
 //! `kakoi serve`: the HTTP manager.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::server::config::{LogFormat, RawConfig, SizeValue};
-use crate::server::{self, NoEnvironments};
+use crate::env::ToolchainMode;
+use crate::server::config::{BackendKind, LogFormat, RawConfig, RawDocker, RawEnvs, SizeValue};
+use crate::server::{self, ServeError};
 
 /// Options of `kakoi serve`. Flags and `KAKOI_*` variables override the file.
 #[derive(Debug, Args)]
@@ -53,9 +53,30 @@ pub struct ServeArgs {
     /// Replace a launcher after this many runs (0: never; 1: a fresh launcher per run).
     #[arg(long, env = "KAKOI_MAX_RUNS_PER_WORKER", value_name = "N")]
     pub max_runs_per_worker: Option<u64>,
-    /// ruff binary for `format`/`lint` (default: $KAKOI_RUFF, then PATH).
+    /// ruff binary for `format`/`lint` (default: $KAKOI_RUFF, then the env toolchain's
+    /// pinned ruff, then PATH).
     #[arg(long, value_name = "PATH")]
     pub ruff: Option<PathBuf>,
+    /// Data directory of environments, toolchain and uv cache (as `kakoi env`). Default:
+    /// /var/lib/kakoi as root, $XDG_DATA_HOME/kakoi or ~/.local/share/kakoi otherwise.
+    #[arg(long, env = "KAKOI_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Toolchain of environments: nix when `nix` is on PATH, else the host's python3 with
+    /// pinned uv and ruff (as `kakoi env --toolchain`).
+    #[arg(long, env = "KAKOI_TOOLCHAIN", value_enum)]
+    pub toolchain: Option<ToolchainMode>,
+    /// Refuse requirements (no environment store).
+    #[arg(long)]
+    pub no_envs: bool,
+    /// Backend of requests that do not name one (docker needs --docker).
+    #[arg(long, env = "KAKOI_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Accept `backend = docker` requests (runs them in containers of the worker image).
+    #[arg(long, env = "KAKOI_DOCKER")]
+    pub docker: bool,
+    /// Worker image of the docker backend.
+    #[arg(long, env = "KAKOI_DOCKER_IMAGE", value_name = "IMAGE")]
+    pub docker_image: Option<String>,
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -76,6 +97,17 @@ impl ServeArgs {
             log_format: self.log_format,
             max_runs_per_worker: self.max_runs_per_worker,
             ruff: self.ruff.clone(),
+            data_dir: self.data_dir.clone(),
+            toolchain: self.toolchain,
+            backend: self.backend,
+            envs: self.no_envs.then(|| RawEnvs {
+                enabled: Some(false),
+                ..RawEnvs::default()
+            }),
+            docker: (self.docker || self.docker_image.is_some()).then(|| RawDocker {
+                enabled: self.docker.then_some(true),
+                image: self.docker_image.clone(),
+            }),
             ..RawConfig::default()
         }
     }
@@ -107,7 +139,11 @@ impl ServeArgs {
             .thread_name("kakoi-serve")
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(async move {
+        let envs = match server::environments(&config) {
+            Ok(envs) => envs,
+            Err(e) => return Ok(report(e)),
+        };
+        let served = runtime.block_on(async move {
             let shutdown = async {
                 use tokio::signal::unix::{SignalKind, signal};
                 let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -117,16 +153,33 @@ impl ServeArgs {
                     _ = int.recv() => {},
                 }
             };
-            // TEMPORARY until src/env is on main: no environment store in this build.
-            let envs = Arc::new(NoEnvironments);
-            server::serve(config, envs, shutdown, |addr| {
+            // MCP: the streamable HTTP transport at /mcp (src/mcp).
+            let mcp = crate::mcp::HttpOptions::from_config(&config);
+            let on_listening = |addr: &str| {
                 eprintln!("kakoi serve: listening on {addr}");
                 tracing::info!(%addr, "listening");
-            })
-            .await
-        })?;
-        Ok(0)
+            };
+            server::serve_with(config, envs, shutdown, on_listening, |s| mcp.routes(s)).await
+        });
+        match served {
+            Ok(()) => Ok(0),
+            Err(e) => Ok(report(e)),
+        }
     }
+}
+
+/// Print a server error with its causes and hint; the exit code.
+fn report(e: ServeError) -> i32 {
+    // Docker errors' hints are printed with the chain (`print_error_chain`).
+    let hint = match &e {
+        ServeError::Docker(_) => None,
+        other => other.hint(),
+    };
+    crate::cli::print_error_chain(&anyhow::Error::new(e));
+    if let Some(h) = hint {
+        eprintln!("  hint: {h}");
+    }
+    125
 }
 
 /// Logs to stderr, `RUST_LOG`-filtered (default `info`), as text or JSON lines.

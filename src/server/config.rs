@@ -13,6 +13,24 @@
 //! allow_network = false              # may a request ask for network = true
 //! allow_commands = false             # may a client run commands, not only Python (MCP)
 //! log_format = "text"                # or "json"
+//! data_dir = "/var/lib/kakoi"        # env store, toolchain, uv cache (or --data-dir, KAKOI_DATA_DIR)
+//! toolchain = "auto"                 # auto | nix | host (as `kakoi env --toolchain`)
+//! backend = "native"                 # requests that do not say: native | docker
+//!
+//! [envs]                             # requirements.txt → content-addressed environments
+//! enabled = true
+//! build_workers = 1                  # concurrent build sandboxes (a separate launcher pool)
+//! build_timeout = 900                # seconds per build step
+//! build_memory = "4G"
+//!
+//! [files]                            # what a run wrote under out/ comes back in `files`
+//! max_count = 64
+//! max_total = "10M"                  # all files together
+//! max_file = "10M"                   # one file
+//!
+//! [docker]                           # backend = "docker" (for comparison with native runs)
+//! enabled = false
+//! image = "kakoi-worker:0.1.0"
 //!
 //! [limits]                           # defaults for requests that do not say
 //! timeout = 10
@@ -36,9 +54,10 @@ use serde::Deserialize;
 
 use super::worker::{CgroupSetting, LandlockChoice, SeccompChoice, WorkerSettings};
 use crate::cli::common::parse_size;
+use crate::env::{BuildLimits, ToolchainMode};
 use crate::spec::{
-    DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_OUTPUT_LIMIT, DEFAULT_PIDS, DEFAULT_TIMEOUT,
-    DEFAULT_TMP_SIZE, Limits,
+    Collect, DEFAULT_COLLECT_BYTES, DEFAULT_COLLECT_DIR, DEFAULT_COLLECT_FILES, DEFAULT_CPUS,
+    DEFAULT_MEMORY, DEFAULT_OUTPUT_LIMIT, DEFAULT_PIDS, DEFAULT_TIMEOUT, DEFAULT_TMP_SIZE, Limits,
 };
 
 /// A size: bytes, or a string with a binary unit (`"256M"`).
@@ -106,6 +125,74 @@ pub struct RawSandbox {
     pub runtime_dir: Option<PathBuf>,
 }
 
+/// Which backend runs a request's program.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// kakoi's sandbox (namespaces, cgroups, seccomp, Landlock).
+    #[default]
+    Native,
+    /// A Docker container (for side-by-side comparison; the operator must enable it).
+    Docker,
+}
+
+impl BackendKind {
+    /// `native` or `docker`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+            BackendKind::Docker => "docker",
+        }
+    }
+}
+
+/// `[envs]` as written in the file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvs {
+    /// Build environments for requirements (default true).
+    pub enabled: Option<bool>,
+    /// Concurrent build sandboxes (default 1).
+    pub build_workers: Option<usize>,
+    /// Seconds per build step (default 900).
+    pub build_timeout: Option<f64>,
+    /// Memory of a build sandbox (default 4G).
+    pub build_memory: Option<SizeValue>,
+}
+
+/// `[files]` as written in the file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    /// Most files returned.
+    pub max_count: Option<usize>,
+    /// Most bytes returned, all files together.
+    pub max_total: Option<SizeValue>,
+    /// Largest file returned.
+    pub max_file: Option<SizeValue>,
+}
+
+/// `[docker]` as written in the file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocker {
+    /// Accept `backend = docker` requests.
+    pub enabled: Option<bool>,
+    /// Worker image.
+    pub image: Option<String>,
+}
+
 /// The configuration as written: every field optional, no logic.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,12 +225,26 @@ pub struct RawConfig {
     pub ruff: Option<PathBuf>,
     /// Interpreter for programs without requirements.
     pub python: Option<PathBuf>,
+    /// Data directory of the environment store and toolchain.
+    pub data_dir: Option<PathBuf>,
+    /// Toolchain: `auto`, `nix` or `host`.
+    pub toolchain: Option<ToolchainMode>,
+    /// Backend of requests that do not name one.
+    pub backend: Option<BackendKind>,
     /// Defaults.
     pub limits: Option<RawLimits>,
     /// Maxima.
     pub max_limits: Option<RawLimits>,
     /// Sandbox settings.
     pub sandbox: Option<RawSandbox>,
+    /// Environments.
+    pub envs: Option<RawEnvs>,
+    /// Returned files.
+    pub files: Option<RawFiles>,
+    /// The Docker backend.
+    pub docker: Option<RawDocker>,
+    /// The MCP server (`[mcp]`, see `crate::mcp::config`).
+    pub mcp: Option<crate::mcp::config::RawMcpConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -289,6 +390,30 @@ impl Policy {
     }
 }
 
+/// How the server provides environments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvSettings {
+    /// Requirements are served (else they are refused with 422).
+    pub enabled: bool,
+    /// Data directory (`None`: `KAKOI_DATA_DIR`, then the per-user default, as `kakoi env`).
+    pub data_dir: Option<PathBuf>,
+    /// Toolchain mode.
+    pub toolchain: ToolchainMode,
+    /// Concurrent build sandboxes.
+    pub build_workers: usize,
+    /// Limits of a build sandbox.
+    pub build_limits: BuildLimits,
+}
+
+/// The Docker backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// Requests may ask for `backend = docker`.
+    pub enabled: bool,
+    /// Worker image.
+    pub image: String,
+}
+
 /// The validated, immutable server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -320,6 +445,16 @@ pub struct ServerConfig {
     pub python: PathBuf,
     /// Sandbox settings for the launchers.
     pub worker: WorkerSettings,
+    /// Environments.
+    pub envs: EnvSettings,
+    /// Caps of returned files (the directory is always `out`).
+    pub files: Collect,
+    /// Backend of requests that do not name one.
+    pub backend: BackendKind,
+    /// The Docker backend.
+    pub docker: DockerSettings,
+    /// The MCP server's settings (`[mcp]`).
+    pub mcp: crate::mcp::config::McpConfig,
 }
 
 /// Default listen address.
@@ -360,23 +495,34 @@ impl RawConfig {
             max_runs_per_worker,
             ruff,
             python,
+            data_dir,
+            toolchain,
+            backend,
             limits,
             max_limits
         );
-        if let Some(s) = over.sandbox {
-            let mine = self.sandbox.get_or_insert_with(RawSandbox::default);
-            if s.cgroups.is_some() {
-                mine.cgroups = s.cgroups;
-            }
-            if s.seccomp.is_some() {
-                mine.seccomp = s.seccomp;
-            }
-            if s.landlock.is_some() {
-                mine.landlock = s.landlock;
-            }
-            if s.runtime_dir.is_some() {
-                mine.runtime_dir = s.runtime_dir;
-            }
+        macro_rules! merge {
+            ($section:ident, $default:expr, [$($f:ident),*]) => {
+                if let Some(o) = over.$section {
+                    let mine = self.$section.get_or_insert_with(|| $default);
+                    $( if o.$f.is_some() { mine.$f = o.$f; } )*
+                }
+            };
+        }
+        merge!(
+            envs,
+            RawEnvs::default(),
+            [enabled, build_workers, build_timeout, build_memory]
+        );
+        merge!(files, RawFiles::default(), [max_count, max_total, max_file]);
+        merge!(docker, RawDocker::default(), [enabled, image]);
+        merge!(
+            sandbox,
+            RawSandbox::default(),
+            [cgroups, seccomp, landlock, runtime_dir]
+        );
+        if let Some(m) = over.mcp {
+            self.mcp = Some(self.mcp.unwrap_or_default().overlay(m));
         }
         self
     }
@@ -475,6 +621,30 @@ impl RawConfig {
         if max_upload < 1024 {
             return Err(invalid("max_upload", format!("{max_upload} is under 1K")));
         }
+        let envs = envs_settings(self.envs.unwrap_or_default(), self.data_dir, self.toolchain)?;
+        let files = files_caps(self.files.unwrap_or_default())?;
+        let raw_docker = self.docker.unwrap_or_default();
+        let docker = DockerSettings {
+            enabled: raw_docker.enabled.unwrap_or(false),
+            image: raw_docker
+                .image
+                .unwrap_or_else(|| crate::backend::docker::DEFAULT_IMAGE.into()),
+        };
+        if docker.image.trim().is_empty() {
+            return Err(invalid("docker.image", "the image name is empty".into()));
+        }
+        let backend = self.backend.unwrap_or_default();
+        if backend == BackendKind::Docker && !docker.enabled {
+            return Err(invalid(
+                "backend",
+                "docker is the default backend but the docker backend is not enabled ([docker] enabled = true, or --docker)".into(),
+            ));
+        }
+        let mcp = self
+            .mcp
+            .unwrap_or_default()
+            .validate()
+            .map_err(|e| invalid(&format!("mcp.{}", e.key), e.reason))?;
         Ok(ServerConfig {
             listen,
             token,
@@ -503,8 +673,92 @@ impl RawConfig {
                 host_id: None,
                 manager_pid: 0,
             },
+            envs,
+            files,
+            backend,
+            docker,
+            mcp,
         })
     }
+}
+
+fn envs_settings(
+    raw: RawEnvs,
+    data_dir: Option<PathBuf>,
+    toolchain: Option<ToolchainMode>,
+) -> Result<EnvSettings, ConfigError> {
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        reason,
+    };
+    let defaults = BuildLimits::default();
+    let build_workers = raw.build_workers.unwrap_or(1);
+    if !(1..=64).contains(&build_workers) {
+        return Err(invalid(
+            "envs.build_workers",
+            format!("{build_workers} is not in 1..=64"),
+        ));
+    }
+    let timeout = raw.build_timeout.unwrap_or(defaults.timeout_secs);
+    if !(timeout.is_finite() && (1.0..=86_400.0).contains(&timeout)) {
+        return Err(invalid(
+            "envs.build_timeout",
+            format!("{timeout} is not a number of seconds in 1..=86400"),
+        ));
+    }
+    let memory = match &raw.build_memory {
+        Some(m) => m.bytes("envs.build_memory")?,
+        None => defaults.memory,
+    };
+    if memory < 64 << 20 {
+        return Err(invalid(
+            "envs.build_memory",
+            format!("{memory} bytes is under 64M"),
+        ));
+    }
+    if let Some(d) = &data_dir
+        && !d.is_absolute()
+    {
+        return Err(invalid(
+            "data_dir",
+            format!("{} must be an absolute path", d.display()),
+        ));
+    }
+    Ok(EnvSettings {
+        enabled: raw.enabled.unwrap_or(true),
+        data_dir,
+        toolchain: toolchain.unwrap_or_default(),
+        build_workers,
+        build_limits: BuildLimits {
+            timeout_secs: timeout,
+            memory,
+            ..defaults
+        },
+    })
+}
+
+fn files_caps(raw: RawFiles) -> Result<Collect, ConfigError> {
+    let size = |key: &str, v: &Option<SizeValue>| match v {
+        Some(s) => s.bytes(key),
+        None => Ok(DEFAULT_COLLECT_BYTES),
+    };
+    let caps = Collect {
+        dir: PathBuf::from(DEFAULT_COLLECT_DIR),
+        max_files: raw.max_count.unwrap_or(DEFAULT_COLLECT_FILES),
+        max_total_bytes: size("files.max_total", &raw.max_total)?,
+        max_file_bytes: size("files.max_file", &raw.max_file)?,
+    };
+    // The sandbox's own ranges (the same check a run gets).
+    let probe = crate::spec::RunSpec {
+        argv: vec!["/bin/true".into()],
+        collect: Some(caps.clone()),
+        ..Default::default()
+    };
+    probe.validate().map_err(|e| ConfigError::Invalid {
+        key: "files".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(caps)
 }
 
 fn limit_values(
@@ -613,6 +867,93 @@ mod tests {
         );
         assert!(err("[limits]\npids = 0").contains("pids"));
         assert!(err("queue_timeout = -1").contains("queue_timeout"));
+    }
+
+    #[test]
+    fn envs_files_and_docker_sections_combine_with_flags() {
+        let file: RawConfig = toml::from_str(
+            r#"
+            data_dir = "/srv/kakoi"
+            toolchain = "host"
+            [envs]
+            build_workers = 2
+            build_timeout = 300
+            build_memory = "2G"
+            [files]
+            max_count = 8
+            max_total = "1M"
+            [docker]
+            image = "my-worker:1"
+            "#,
+        )
+        .unwrap();
+        let c = file.clone().validate().unwrap();
+        assert!(c.envs.enabled);
+        assert_eq!(c.envs.data_dir.as_deref(), Some(Path::new("/srv/kakoi")));
+        assert_eq!(c.envs.toolchain, ToolchainMode::Host);
+        assert_eq!(c.envs.build_workers, 2);
+        assert_eq!(c.envs.build_limits.timeout_secs, 300.0);
+        assert_eq!(c.envs.build_limits.memory, 2 << 30);
+        assert_eq!(c.files.dir, Path::new("out"));
+        assert_eq!(c.files.max_files, 8);
+        assert_eq!(c.files.max_total_bytes, 1 << 20);
+        assert_eq!(c.files.max_file_bytes, DEFAULT_COLLECT_BYTES);
+        assert!(!c.docker.enabled);
+        assert_eq!(c.docker.image, "my-worker:1");
+        assert_eq!(c.backend, BackendKind::Native);
+        // Flags: another data dir, no envs, docker on and the default backend; the file's
+        // other keys of the same sections stay.
+        let flags = RawConfig {
+            data_dir: Some("/var/lib/other".into()),
+            backend: Some(BackendKind::Docker),
+            envs: Some(RawEnvs {
+                enabled: Some(false),
+                ..RawEnvs::default()
+            }),
+            docker: Some(RawDocker {
+                enabled: Some(true),
+                image: None,
+            }),
+            ..RawConfig::default()
+        };
+        let c = file.overlay(flags).validate().unwrap();
+        assert!(!c.envs.enabled);
+        assert_eq!(c.envs.build_workers, 2);
+        assert_eq!(
+            c.envs.data_dir.as_deref(),
+            Some(Path::new("/var/lib/other"))
+        );
+        assert!(c.docker.enabled);
+        assert_eq!(c.docker.image, "my-worker:1");
+        assert_eq!(c.backend, BackendKind::Docker);
+        // Defaults.
+        let d = RawConfig::default().validate().unwrap();
+        assert_eq!(d.files, Collect::default());
+        assert_eq!(d.envs.build_workers, 1);
+        assert!(d.envs.enabled && !d.docker.enabled);
+        assert_eq!(d.docker.image, crate::backend::docker::DEFAULT_IMAGE);
+    }
+
+    #[test]
+    fn bad_envs_files_and_docker_values_are_named() {
+        let err = |toml_text: &str| {
+            toml::from_str::<RawConfig>(toml_text)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.validate().map_err(|e| e.to_string()))
+                .unwrap_err()
+        };
+        assert!(err("backend = \"docker\"").contains("not enabled"));
+        assert!(err("backend = \"podman\"").contains("unknown variant"));
+        assert!(err("data_dir = \"relative/dir\"").contains("absolute"));
+        assert!(err("toolchain = \"conda\"").contains("unknown variant"));
+        assert!(err("[envs]\nbuild_workers = 0").contains("envs.build_workers"));
+        assert!(err("[envs]\nbuild_timeout = 0").contains("envs.build_timeout"));
+        assert!(err("[envs]\nbuild_memory = \"1M\"").contains("envs.build_memory"));
+        assert!(err("[envs]\ncolour = 1").contains("unknown field"));
+        assert!(err("[files]\nmax_count = 0").contains("files"));
+        assert!(err("[files]\nmax_total = \"2G\"").contains("files"));
+        assert!(err("[files]\nmax_file = \"lots\"").contains("files.max_file"));
+        assert!(err("[docker]\nimage = \" \"").contains("docker.image"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::config::Policy;
+use super::config::{BackendKind, Policy};
 use super::env::EnvSummary;
 use super::pool::PoolStats;
 use super::request::{self, RunForm, RunRequest};
@@ -115,6 +115,13 @@ pub struct Health {
     pub isolation: HealthIsolation,
     /// Whether `format`/`lint` can be served (ruff found).
     pub lint: bool,
+    /// The ruff binary format/lint use, when found (the env toolchain's pinned ruff unless the
+    /// operator configured another).
+    pub ruff: Option<String>,
+    /// Whether `requirements` are served (the environment store is on).
+    pub envs: bool,
+    /// The backends requests may ask for.
+    pub backends: Vec<HealthBackend>,
     /// Limits and network policy.
     pub policy: serde_json::Value,
     /// kakoi version.
@@ -134,6 +141,17 @@ pub struct HealthPool {
     pub queued: usize,
     /// Maximum waiting runs.
     pub queue_capacity: usize,
+}
+
+/// A backend in [`Health`].
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthBackend {
+    /// `native` or `docker`.
+    pub name: String,
+    /// Requests that do not name a backend run here.
+    pub default: bool,
+    /// Runs return the files written under `out/`.
+    pub files: bool,
 }
 
 /// Isolation part of [`Health`].
@@ -351,22 +369,23 @@ fn too_large(limit: u64) -> ServiceError {
         )
     ),
     responses(
-        (status = 200, description = "The run's result, whatever the program did (see `status`)", body = RunResult),
-        (status = 400, description = "Missing or malformed input, or limits over the maximum", body = ErrorBody),
+        (status = 200, description = "The run's result, whatever the program did (see `status`)", body = RunResult,
+            headers(("x-kakoi-files" = String, description = "`not-collected` when the run's backend does not return files (docker): `files` is then empty whatever the program wrote"))),
+        (status = 400, description = "Missing or malformed input, limits over the maximum, network or the docker backend when the operator does not allow them", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 413, description = "Body over the upload limit", body = ErrorBody),
         (status = 415, description = "Neither JSON nor multipart", body = ErrorBody),
-        (status = 422, description = "Environment build failed, or lint=error found diagnostics", body = ErrorBody),
+        (status = 422, description = "Environment build failed (`env_failed`: uv's output, stage, uv's exit code and a hint in `detail`), lint=error found diagnostics (`lint_failed`), or format/lint without ruff (`lint_unavailable`)", body = ErrorBody),
         (status = 429, description = "Queue full or no sandbox free in time", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
-        (status = 500, description = "A bug", body = ErrorBody),
+        (status = 500, description = "A bug, or a broken host (a launcher that died, an unreachable Docker engine)", body = ErrorBody),
     )
 )]
 async fn post_run(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<RunResult>, ApiError> {
+) -> Result<Response, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -405,8 +424,19 @@ async fn post_run(
             .into());
         }
     };
-    Ok(Json(app.service.execute(job).await?))
+    let backend = job.backend.unwrap_or(app.service.options().backend);
+    let mut resp = Json(app.service.execute(job).await?).into_response();
+    if !app.service.returns_files(backend) {
+        // `files` is empty whatever the program wrote: say so where a client can see it.
+        resp.headers_mut()
+            .insert(FILES_HEADER, HeaderValue::from_static("not-collected"));
+    }
+    Ok(resp)
 }
+
+/// Response header of a run whose backend does not return files (`not-collected`): its
+/// `files` is empty whatever the program wrote under `out/`.
+pub const FILES_HEADER: &str = "x-kakoi-files";
 
 /// Readiness, isolation layers and queue depth. Never needs the token.
 #[utoipa::path(
@@ -453,6 +483,17 @@ async fn health(State(app): State<AppState>) -> (StatusCode, Json<Health>) {
                 .to_vec(),
         },
         lint: app.service.ruff_available(),
+        ruff: app.service.ruff_path().map(|p| p.display().to_string()),
+        envs: app.service.envs().enabled(),
+        backends: [BackendKind::Native, BackendKind::Docker]
+            .into_iter()
+            .filter(|b| *b == BackendKind::Native || app.service.docker_enabled())
+            .map(|b| HealthBackend {
+                name: b.name().into(),
+                default: b == app.service.options().backend,
+                files: app.service.returns_files(b),
+            })
+            .collect(),
         policy: serde_json::to_value(&app.service.options().policy).unwrap_or_default(),
         version: env!("CARGO_PKG_VERSION").into(),
     };

@@ -4,11 +4,15 @@
 //!  HTTP (axum, tokio)         MCP (rmcp)
 //!        │ http.rs: parse, auth, ids │
 //!        └────────────┬──────────────┘
-//!          service.rs: Job → policy → env → ruff → run  (ServiceError → HTTP code)
-//!                     │
-//!          pool.rs: WorkerPool — queue, permits, cancellation, shutdown
-//!                     │  protocol.rs frames over stdin/stdout
-//!          kakoi __launch × N  (worker.rs: single-threaded, one Sandbox each)
+//!          service.rs: Job → policy → ruff → env → run  (ServiceError → HTTP code)
+//!            │ env.rs: EnvProvider               │                        │ backend = docker
+//!            │ (StoreEnvironments: EnvStore)     │                        ▼
+//!            ▼                                   ▼              DockerClient (a permit of
+//!   build pool (LazyPool, 1 worker,     pool.rs: WorkerPool —   the run pool, run_external)
+//!   sandbox user → BUILD_HOST_ID)       queue, permits, cancel, shutdown
+//!            │                                   │  protocol.rs frames over stdin/stdout
+//!          kakoi __launch × N  (worker.rs: single-threaded, one Sandbox each; a run ends
+//!                               early on a `cancel` frame)
 //! ```
 //!
 //! The tokio process never clones a sandbox: it only fork+execs launchers.
@@ -26,9 +30,14 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Listen, Policy, RawConfig, RequestedLimits, ServerConfig};
-pub use env::{EnvFailure, EnvProvider, EnvSummary, NoEnvironments, ResolvedEnv};
-pub use pool::{JobError, PoolBackend, PoolConfig, PoolStats, WorkerPool};
+pub use config::{
+    BackendKind, DockerSettings, EnvSettings, Listen, Policy, RawConfig, RequestedLimits,
+    ServerConfig,
+};
+pub use env::{
+    EnvFailure, EnvProvider, EnvSummary, NoEnvironments, ResolvedEnv, StoreEnvironments,
+};
+pub use pool::{JobError, LazyPool, PoolBackend, PoolConfig, PoolStats, WorkerPool};
 pub use service::{ErrorKind, Job, JobFile, Program, Service, ServiceError, ServiceOptions};
 
 /// Why the server stopped with an error.
@@ -55,30 +64,102 @@ pub enum ServeError {
     /// Serving failed.
     #[error("the server failed")]
     Serve(#[source] std::io::Error),
+    /// The environment store could not be opened.
+    #[error("cannot open the environment store")]
+    Envs(#[source] crate::env::EnvError),
+    /// The Docker backend is enabled but cannot be used.
+    #[error("the docker backend is enabled but cannot be used")]
+    Docker(#[source] crate::backend::docker::DockerError),
 }
 
-/// Start the pool and build the service for `config` (the part the MCP server reuses).
+impl ServeError {
+    /// A remedy, where one is known.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ServeError::Envs(e) => e.hint(),
+            ServeError::Docker(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// The environment provider `config` asks for: the env store of its data directory
+/// ([`StoreEnvironments`]), or [`NoEnvironments`] when `[envs] enabled = false`. Opening the
+/// store creates its directories; nothing is downloaded until the first build.
+pub fn environments(config: &ServerConfig) -> Result<Arc<dyn EnvProvider>, ServeError> {
+    if !config.envs.enabled {
+        return Ok(Arc::new(NoEnvironments));
+    }
+    let store = StoreEnvironments::open(
+        crate::env::StoreConfig {
+            data_dir: config.envs.data_dir.clone(),
+            toolchain: config.envs.toolchain,
+            build_limits: config.envs.build_limits.clone(),
+        },
+        crate::env::ResolveOptions::default(),
+    )
+    .map_err(ServeError::Envs)?;
+    tracing::info!(data_dir = %store.data_dir().display(), "environment store");
+    Ok(Arc::new(store))
+}
+
+/// Start the pools and build the service for `config` (the part the MCP server reuses):
+/// the launcher pool, the environment build pool (started on the first build), the Docker
+/// client when `[docker] enabled`, and, in the background, the env toolchain (so the first
+/// format/lint request does not wait for its download). Get `envs` from [`environments`].
+/// Stop it with [`Service::shutdown`].
 pub async fn start_service(
     config: &ServerConfig,
     envs: Arc<dyn EnvProvider>,
 ) -> Result<Service, ServeError> {
+    let docker = if config.docker.enabled {
+        let client =
+            crate::backend::docker::DockerClient::connect(crate::backend::docker::DockerConfig {
+                image: config.docker.image.clone(),
+                ..crate::backend::docker::DockerConfig::default()
+            })
+            .await
+            .map_err(ServeError::Docker)?;
+        tracing::info!(
+            image = %client.image(),
+            engine = %client.engine().version,
+            "docker backend enabled"
+        );
+        Some(Arc::new(client))
+    } else {
+        None
+    };
     let mut pool_config = PoolConfig::new(config.worker.clone())?;
     pool_config.workers = config.workers;
     pool_config.queue_capacity = config.queue;
     pool_config.queue_timeout = config.queue_timeout;
     pool_config.max_runs_per_worker = config.max_runs_per_worker;
+    let build = LazyPool::new(service::build_pool_config(
+        &pool_config,
+        config.envs.build_workers,
+        Duration::from_secs_f64(config.envs.build_limits.timeout_secs),
+    ));
     let pool = WorkerPool::start(pool_config).await?;
-    Ok(Service::new(
+    let mut service = Service::new(
         pool,
         ServiceOptions {
             policy: config.policy.clone(),
             python: config.python.clone(),
             ruff: config.ruff.clone(),
             allow_commands: config.allow_commands,
+            files: config.files.clone(),
+            backend: config.backend,
         },
         envs,
         Arc::new(metrics::Metrics::new()),
-    ))
+    )
+    .with_build_pool(build);
+    if let Some(docker) = docker {
+        service = service.with_docker(docker);
+    }
+    let warm = service.clone();
+    tokio::task::spawn_blocking(move || warm.prepare_toolchain());
+    Ok(service)
 }
 
 /// Serve HTTP until `shutdown` resolves, then shut down gracefully: stop accepting, give
@@ -156,7 +237,7 @@ pub async fn serve_with(
         "shutting down: no new runs, waiting for running ones"
     );
     let _ = down_tx.send(true);
-    service.pool().shutdown(config.grace_period).await;
+    service.shutdown(config.grace_period).await;
     match tokio::time::timeout(Duration::from_secs(10), served).await {
         Ok(Ok(Err(e))) => tracing::warn!("server error during shutdown: {e}"),
         Ok(_) => {}

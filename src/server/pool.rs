@@ -1,34 +1,43 @@
 //! The job manager's core: a pool of `kakoi __launch` workers, a bounded queue in front of
 //! it, and cancellation. The HTTP API and the MCP server both run jobs through
 //! [`WorkerPool::run`]; blocking library code (the environment builder) runs them through
-//! [`WorkerPool::blocking_backend`].
+//! [`WorkerPool::blocking_backend`]; work that needs no launcher but must count against the
+//! same limit (a Docker container) goes through [`WorkerPool::run_external`].
 //!
 //! - Concurrency: one run per worker, at most `workers` workers (a semaphore's permits).
 //! - Queue: at most `queue_capacity` runs wait for a permit, each at most `queue_timeout`;
 //!   past that, [`JobError::QueueFull`] / [`JobError::QueueTimeout`] (HTTP 429).
 //! - Cancellation: dropping the future returned by [`WorkerPool::run`] cancels the run (a
-//!   client that disconnects drops its handler's future). Until the sandbox core offers a
-//!   cancel fd, cancelling kills the worker process: its sandbox's init dies of PDEATHSIG,
-//!   the pid namespace takes every payload process with it, and the manager removes the
-//!   run's cgroup (its launcher is dead, so the stale sweep applies) and reaps the worker.
-//!   The next run that needs a worker spawns a fresh one.
+//!   client that disconnects drops its handler's future). The pool sends the worker a
+//!   `cancel` frame; the worker's sandbox watches the worker's stdin (`RunOptions::cancel`),
+//!   kills and cleans up the whole sandbox (status `cancelled`) and answers, and the worker
+//!   goes back to the pool: no launcher is respawned. The run's permit is held until that
+//!   answer, so no other run is admitted without a worker. A worker that does not answer
+//!   within 10 s (or that does not take `cancel` frames) is killed instead: its sandbox's
+//!   init dies of PDEATHSIG, the pid namespace takes every payload process with it, and the
+//!   manager removes the run's cgroup (its launcher is dead, so the stale sweep applies).
 //! - Workers are spawned from one dedicated thread that lives as long as the process, because
 //!   PDEATHSIG fires when the *thread* that forked the worker exits, and tokio's blocking
 //!   threads come and go. Workers arm PDEATHSIG themselves, so a SIGKILLed manager takes its
 //!   workers, and with them every sandbox, down; the next start sweeps their cgroups.
 //! - Shutdown ([`WorkerPool::shutdown`]): refuse new runs, fail queued ones, let running ones
-//!   finish within a grace period, kill the rest, close every worker's stdin, wait for the
-//!   workers to exit and sweep what killed ones left.
+//!   finish within a grace period, kill the rest (external runs are told to end), close every
+//!   worker's stdin, wait for the workers to exit and sweep what killed ones left.
+//! - [`LazyPool`]: a pool started on first use (the environment build pool: a cache hit never
+//!   needs one).
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStdin, ChildStdout};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::protocol::{self, FrameReader, FromWorker, ToWorker, WorkerInfo};
 use super::worker::{WorkerSettings, error_chain};
@@ -172,8 +181,12 @@ struct Inner {
     cancelled: AtomicU64,
     next_id: AtomicU64,
     running: Mutex<HashMap<u64, u32>>,
+    /// Runs in progress through [`WorkerPool::run_external`].
+    external: AtomicUsize,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
+    /// Set when the grace period is over: external runs must end now.
+    kill_tx: watch::Sender<bool>,
     info: Mutex<Option<WorkerInfo>>,
     spawner: Spawner,
     reaping: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -197,6 +210,7 @@ impl WorkerPool {
         settings.manager_pid = std::process::id();
         let settings_json = serde_json::to_string(&settings).expect("settings serialize");
         let (shutdown_tx, _) = watch::channel(false);
+        let (kill_tx, _) = watch::channel(false);
         let pool = WorkerPool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.workers.max(1))),
@@ -209,8 +223,10 @@ impl WorkerPool {
                 cancelled: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 running: Mutex::new(HashMap::new()),
+                external: AtomicUsize::new(0),
                 shutting_down: AtomicBool::new(false),
                 shutdown_tx,
+                kill_tx,
                 info: Mutex::new(None),
                 spawner: Spawner::start(),
                 reaping: Mutex::new(Vec::new()),
@@ -252,6 +268,17 @@ impl WorkerPool {
     ///
     /// Dropping the returned future cancels the run and kills its sandbox.
     pub async fn run(&self, spec: RunSpec) -> Result<RunResult, JobError> {
+        self.run_holding(spec, Box::new(())).await
+    }
+
+    /// [`WorkerPool::run`], keeping `hold` alive until the sandbox is gone: until the result
+    /// arrives or, when the run is cancelled, until the worker has killed and cleaned up the
+    /// sandbox. Use it for what the run must not outlive (an environment's in-use lock).
+    pub async fn run_holding(
+        &self,
+        spec: RunSpec,
+        hold: Box<dyn Any + Send>,
+    ) -> Result<RunResult, JobError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(JobError::ShuttingDown);
@@ -264,6 +291,7 @@ impl WorkerPool {
             id,
             permit: Some(permit),
             run_sent: false,
+            hold: Some(hold),
         };
         let worker = match inner.take_idle() {
             Some(w) => w,
@@ -283,6 +311,52 @@ impl WorkerPool {
         }
     }
 
+    /// Run `job`, which needs no launcher (for example a Docker container), under this
+    /// pool's admission: it takes one of the `workers` permits (so sandbox runs and external
+    /// runs share one concurrency limit), waits in the same queue with the same timeout, and
+    /// is refused during shutdown. `job` gets a future that completes when the manager shuts
+    /// down and the grace period is over: the job must then end its run and clean up.
+    /// Dropping the returned future drops `job`'s future (cancelling it is `job`'s business).
+    pub async fn run_external<F, Fut, T>(&self, job: F) -> Result<T, JobError>
+    where
+        F: FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(JobError::ShuttingDown);
+        }
+        let permit = inner.admit().await?;
+        struct External<'a>(&'a AtomicUsize);
+        impl Drop for External<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        inner.external.fetch_add(1, Ordering::SeqCst);
+        let _external = External(&inner.external);
+        let mut kill = inner.kill_tx.subscribe();
+        let killed = Box::pin(async move {
+            // An error means the pool is gone: end the run as well.
+            let _ = kill.wait_for(|k| *k).await;
+        });
+        let out = job(killed).await;
+        drop(permit);
+        Ok(out)
+    }
+
+    /// The host uid and gid the workers' sandbox user maps to, from the last `ready` frame
+    /// (one fixed pair when the settings fix `host_id`, as the environment build pool does;
+    /// otherwise each launcher has its own and this is the newest one's).
+    pub fn host_ids(&self) -> Option<(u32, u32)> {
+        self.worker_info().map(|i| (i.host_uid, i.host_gid))
+    }
+
+    /// The configuration the pool was started with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
@@ -291,7 +365,8 @@ impl WorkerPool {
             capacity,
             workers: inner.live.load(Ordering::SeqCst),
             idle: inner.idle.lock().map(|v| v.len()).unwrap_or(0),
-            running: inner.running.lock().map(|m| m.len()).unwrap_or(0),
+            running: inner.running.lock().map(|m| m.len()).unwrap_or(0)
+                + inner.external.load(Ordering::SeqCst),
             queued: inner.waiting.load(Ordering::SeqCst),
             queue_capacity: inner.config.queue_capacity,
             spawned: inner.spawned.load(Ordering::Relaxed),
@@ -331,9 +406,10 @@ impl WorkerPool {
         inner.shutting_down.store(true, Ordering::SeqCst);
         let _ = inner.shutdown_tx.send(true);
         let deadline = Instant::now() + grace;
-        while !inner.running.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        while inner.busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = inner.kill_tx.send(true);
         let left: Vec<u32> = inner
             .running
             .lock()
@@ -346,7 +422,7 @@ impl WorkerPool {
             kill(*pid);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !inner.running.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        while inner.busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let idle: Vec<Worker> = std::mem::take(&mut *inner.idle.lock().expect("lock"));
@@ -364,6 +440,11 @@ impl WorkerPool {
 }
 
 impl Inner {
+    /// Runs in progress (on workers or external).
+    fn busy(&self) -> bool {
+        !self.running.lock().expect("lock").is_empty() || self.external.load(Ordering::SeqCst) > 0
+    }
+
     /// Queue admission and the wait for a permit.
     async fn admit(&self) -> Result<OwnedSemaphorePermit, JobError> {
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
@@ -486,19 +567,25 @@ impl Inner {
     }
 
     /// Kill a worker (its sandbox dies with it) and reap it; sweep its cgroups.
-    fn kill_worker(&self, w: Worker) {
+    /// `hold` is dropped once the worker is reaped (its sandbox dies with it).
+    fn kill_worker(&self, w: Worker, hold: Option<Box<dyn Any + Send>>) {
         self.live.fetch_sub(1, Ordering::SeqCst);
         let Worker { child, .. } = w;
-        self.reap(child, true);
+        self.reap_holding(child, true, hold);
     }
 
-    fn reap(&self, mut child: Child, kill_now: bool) {
+    fn reap(&self, child: Child, kill_now: bool) {
+        self.reap_holding(child, kill_now, None);
+    }
+
+    fn reap_holding(&self, mut child: Child, kill_now: bool, hold: Option<Box<dyn Any + Send>>) {
         let pid = child.id();
-        let mut task = move || {
+        let task = move || {
             if kill_now {
                 let _ = child.kill();
                 let _ = child.wait();
                 sweep_stale_cgroups();
+                drop(hold);
                 return;
             }
             // A retired worker exits when it reads EOF; one that does not within 10 s is
@@ -539,6 +626,8 @@ struct Busy {
     /// The whole `run` frame is in the worker's pipe (a partly written frame cannot be
     /// followed by a `cancel`: the worker must be killed).
     run_sent: bool,
+    /// Kept until the sandbox is gone (see [`WorkerPool::run_holding`]).
+    hold: Option<Box<dyn Any + Send>>,
 }
 
 impl Busy {
@@ -575,7 +664,7 @@ impl Busy {
             }
             other => {
                 let w = self.worker.take().expect("busy has a worker");
-                self.inner.kill_worker(w);
+                self.inner.kill_worker(w, self.hold.take());
                 if self.inner.shutting_down.load(Ordering::SeqCst) {
                     return Err(JobError::CancelledByShutdown);
                 }
@@ -623,12 +712,13 @@ impl Drop for Busy {
                 );
                 let inner = self.inner.clone();
                 let permit = self.permit.take();
+                let hold = self.hold.take();
                 let id = self.id;
                 handle.spawn(async move {
                     let _permit = permit;
                     match inner.cancel_on(w, id).await {
                         Ok(w) => inner.put_idle(w),
-                        Err(w) => inner.kill_worker(w),
+                        Err(w) => inner.kill_worker(w, hold),
                     }
                 });
             }
@@ -638,7 +728,7 @@ impl Drop for Busy {
                     worker = w.pid,
                     "run cancelled: killing its launcher"
                 );
-                self.inner.kill_worker(w);
+                self.inner.kill_worker(w, self.hold.take());
             }
         }
     }
@@ -732,6 +822,13 @@ pub struct PoolBackend {
     handle: tokio::runtime::Handle,
 }
 
+fn backend_error(e: JobError) -> BackendError {
+    BackendError::Other {
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
+
 impl Backend for PoolBackend {
     fn name(&self) -> &'static str {
         "native"
@@ -740,9 +837,113 @@ impl Backend for PoolBackend {
     fn run_with(&self, spec: &RunSpec, _options: &RunOptions) -> Result<RunResult, BackendError> {
         self.handle
             .block_on(self.pool.run(spec.clone()))
-            .map_err(|e| BackendError::Other {
-                message: e.to_string(),
-                source: Some(Box::new(e)),
+            .map_err(backend_error)
+    }
+
+    fn host_ids(&self) -> Option<(u32, u32)> {
+        self.pool.host_ids()
+    }
+}
+
+/// A [`WorkerPool`] started on first use, and refused after [`LazyPool::shutdown`]. The
+/// manager's environment build pool is one: a server whose requests hit the env cache (or
+/// send no requirements) never starts a build launcher. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct LazyPool {
+    config: Arc<PoolConfig>,
+    cell: Arc<OnceCell<WorkerPool>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for LazyPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyPool")
+            .field("started", &self.cell.get())
+            .field("closed", &self.closed.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl LazyPool {
+    /// A pool that [`WorkerPool::start`]s with `config` when first needed.
+    pub fn new(config: PoolConfig) -> LazyPool {
+        LazyPool {
+            config: Arc::new(config),
+            cell: Arc::new(OnceCell::new()),
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The pool, started now if it is not running yet.
+    pub async fn get(&self) -> Result<&WorkerPool, JobError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(JobError::ShuttingDown);
+        }
+        let pool = self
+            .cell
+            .get_or_try_init(|| async {
+                WorkerPool::start((*self.config).clone())
+                    .await
+                    .map_err(|e| JobError::Launcher {
+                        message: error_chain(&e),
+                    })
             })
+            .await?;
+        if self.closed.load(Ordering::SeqCst) {
+            // Started while the manager began to shut down.
+            pool.shutdown(Duration::ZERO).await;
+            return Err(JobError::ShuttingDown);
+        }
+        Ok(pool)
+    }
+
+    /// The pool, if it was started.
+    pub fn started(&self) -> Option<&WorkerPool> {
+        self.cell.get()
+    }
+
+    /// Refuse further use and shut the pool down if it was started (see
+    /// [`WorkerPool::shutdown`]).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(pool) = self.cell.get() {
+            pool.shutdown(grace).await;
+        }
+    }
+
+    /// A blocking [`Backend`] over this pool (call it outside the async runtime's threads,
+    /// e.g. from `spawn_blocking`); the pool starts on its first run.
+    pub fn blocking_backend(&self) -> LazyPoolBackend {
+        LazyPoolBackend {
+            pool: self.clone(),
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+/// A blocking [`Backend`] over a [`LazyPool`] (see [`LazyPool::blocking_backend`]).
+#[derive(Debug, Clone)]
+pub struct LazyPoolBackend {
+    pool: LazyPool,
+    handle: tokio::runtime::Handle,
+}
+
+impl Backend for LazyPoolBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn run_with(&self, spec: &RunSpec, _options: &RunOptions) -> Result<RunResult, BackendError> {
+        self.handle
+            .block_on(async { self.pool.get().await?.run(spec.clone()).await })
+            .map_err(backend_error)
+    }
+
+    /// Starts the pool to learn what its launchers map the sandbox user to.
+    fn host_ids(&self) -> Option<(u32, u32)> {
+        self.handle
+            .block_on(self.pool.get())
+            .ok()
+            .and_then(WorkerPool::host_ids)
     }
 }

@@ -58,6 +58,9 @@ pub struct WorkerInfo {
     pub cgroup_controllers: Vec<String>,
     /// The host uid the sandbox user maps to.
     pub host_uid: u32,
+    /// The host gid the sandbox group maps to.
+    #[serde(default)]
+    pub host_gid: u32,
     /// The worker ends a run on a `cancel` frame (its sandbox watches the worker's stdin);
     /// without it the manager cancels by killing the worker.
     #[serde(default)]
@@ -433,6 +436,7 @@ mod tests {
                     cgroup: "v1".into(),
                     cgroup_controllers: vec!["memory".into()],
                     host_uid: 2_000_000_042,
+                    host_gid: 2_000_000_042,
                     cancel_frames: true,
                 },
             },

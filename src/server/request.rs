@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use super::config::RequestedLimits;
+use super::config::{BackendKind, RequestedLimits};
 use super::service::{ErrorKind, Job, JobFile, Program, ServiceError};
 use crate::cli::common::parse_size;
 use crate::lint::{FormatMode, LintMode};
@@ -52,6 +52,10 @@ pub struct RunRequest {
     /// `ruff check`: `off`, `warn` or `error`.
     #[serde(default)]
     pub lint: LintMode,
+    /// Where the program runs: `native` (kakoi's sandbox) or `docker` (a container, when the
+    /// operator enabled it; files are not returned there yet). Default: the server's.
+    #[serde(default)]
+    pub backend: Option<BackendKind>,
 }
 
 /// A file's content: exactly one of `text` or `base64`.
@@ -104,6 +108,8 @@ pub struct RunForm {
     pub format: Option<FormatMode>,
     /// `off`, `warn`, `error`.
     pub lint: Option<LintMode>,
+    /// `native`, `docker`.
+    pub backend: Option<BackendKind>,
 }
 
 fn bad(message: impl Into<String>) -> ServiceError {
@@ -156,6 +162,7 @@ pub fn job_from_json(body: &[u8]) -> Result<Job, ServiceError> {
         network: req.network,
         format: req.format,
         lint: req.lint,
+        backend: req.backend,
     })
 }
 
@@ -170,7 +177,7 @@ struct Parts {
 }
 
 const OPTIONS: &[&str] = &[
-    "timeout", "memory", "pids", "cpus", "network", "format", "lint",
+    "timeout", "memory", "pids", "cpus", "network", "format", "lint", "backend",
 ];
 
 /// Parse a multipart body from a stream, refusing it (413) as soon as more than `limit`
@@ -301,6 +308,12 @@ fn parts_to_job(mut parts: Parts) -> Result<Job, ServiceError> {
         Some("error") => LintMode::Error,
         Some(other) => return Err(bad(format!("lint {other:?} is not off, warn or error"))),
     };
+    let backend = match opt("backend").as_deref() {
+        None => None,
+        Some("native") => Some(BackendKind::Native),
+        Some("docker") => Some(BackendKind::Docker),
+        Some(other) => return Err(bad(format!("backend {other:?} is not native or docker"))),
+    };
     let memory = opt("memory")
         .map(|m| parse_size(&m).map_err(|e| bad(format!("memory: {e}"))))
         .transpose()?;
@@ -318,6 +331,7 @@ fn parts_to_job(mut parts: Parts) -> Result<Job, ServiceError> {
         network,
         format,
         lint,
+        backend,
     })
 }
 
@@ -404,6 +418,9 @@ mod tests {
         assert_eq!((job.format, job.lint), (FormatMode::Apply, LintMode::Error));
         let j = job_from_json(br#"{"code":"x","memory":1048576}"#).unwrap();
         assert_eq!(j.limits.memory, Some(1 << 20));
+        assert_eq!(j.backend, None, "the server's default");
+        let j = job_from_json(br#"{"code":"x","backend":"docker"}"#).unwrap();
+        assert_eq!(j.backend, Some(BackendKind::Docker));
     }
 
     #[test]
@@ -425,6 +442,7 @@ mod tests {
             (br#"{"code":"x","memory":"lots"}"#, "memory"),
             (br#"{"code":"x","lint":"loud"}"#, "unknown variant"),
             (br#"{"code":"x","timeout":"soon"}"#, "invalid JSON"),
+            (br#"{"code":"x","backend":"vm"}"#, "unknown variant"),
         ] {
             let e = job_from_json(body).unwrap_err();
             assert_eq!(e.kind, ErrorKind::BadRequest);
@@ -444,8 +462,10 @@ mod tests {
             ("memory", None, b"128M"),
             ("network", None, b"false"),
             ("lint", None, b"warn"),
+            ("backend", None, b"native"),
         ]);
         let job = job_from_multipart_bytes(&body, "XyZ", 1 << 20).unwrap();
+        assert_eq!(job.backend, Some(BackendKind::Native));
         assert_eq!(
             job.program,
             Program::Python {
@@ -486,6 +506,15 @@ mod tests {
             ("format", None, b"pretty"),
         ]));
         assert!(fmt.message.contains("format"));
+        let backend = e(form(&[
+            ("main.py", None, b"1"),
+            ("backend", None, b"podman"),
+        ]));
+        assert!(
+            backend.message.contains("native or docker"),
+            "{}",
+            backend.message
+        );
         let binary = e(form(&[("main.py", None, b"\xff\xfe")]));
         assert!(binary.message.contains("UTF-8"));
         let garbage = e(b"not a multipart body at all".to_vec());

@@ -2,24 +2,31 @@
 //! program or a command, files, stdin, requested limits, format/lint) goes in, a
 //! [`RunResult`] or a [`ServiceError`] with an HTTP-style code comes out.
 //!
-//! Order of a Python job: policy check (limits, network) → environment (422 on failure) →
+//! Order of a Python job, cheapest refusal first: policy check (limits, network, backend) →
 //! `ruff format` (in a sandbox) → `ruff check` (in a sandbox; `lint=error` refuses with 422)
-//! → the run. Every sandbox goes through the same [`WorkerPool`], so the queue and the
-//! concurrency limit cover environment builds and ruff too.
+//! → the request's validation (file names, limits) → environment (422 on failure) → the run,
+//! on the native launcher pool or in a Docker container. ruff and the
+//! native runs share the [`WorkerPool`] (its queue and concurrency limit); Docker runs take
+//! permits of the same pool ([`WorkerPool::run_external`]); environment builds run on a
+//! separate one-worker build pool ([`LazyPool`], started on the first build) whose launcher
+//! maps the sandbox user to [`crate::env::BUILD_HOST_ID`], the id every build must write the
+//! shared uv cache as.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::config::{Policy, RequestedLimits};
+use super::config::{BackendKind, Policy, RequestedLimits};
 use super::env::{EnvFailure, EnvProvider, EnvSummary, ResolvedEnv, has_requirements};
 use super::metrics::Metrics;
-use super::pool::{JobError, WorkerPool};
+use super::pool::{JobError, LazyPool, PoolConfig, WorkerPool};
+use crate::backend::docker::{DockerClient, DockerError};
 use crate::lint::{FormatMode, LintError, LintMode, Ruff};
-use crate::result::{EnvUse, FormatReport, LintReport, RunResult};
-use crate::spec::{InputFile, Network, RunSpec, Source, WORKDIR};
+use crate::result::{EnvUse, FormatReport, LintReport, RunResult, Status};
+use crate::sandbox::RunOptions;
+use crate::spec::{Collect, InputFile, Network, RunSpec, Source, WORKDIR};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,8 @@ pub struct Job {
     pub format: FormatMode,
     /// `ruff check`.
     pub lint: LintMode,
+    /// Where the program runs (`None`: the server's default).
+    pub backend: Option<BackendKind>,
 }
 
 impl Job {
@@ -79,6 +88,7 @@ impl Job {
             network: false,
             format: FormatMode::Off,
             lint: LintMode::Off,
+            backend: None,
         }
     }
 }
@@ -200,13 +210,31 @@ impl From<JobError> for ServiceError {
 }
 
 impl From<EnvFailure> for ServiceError {
+    /// 422 `env_failed`; `detail` is `{"uv": uv's output or null, "stage", "uv_exit_code",
+    /// "hint"}`.
     fn from(e: EnvFailure) -> ServiceError {
-        let err = ServiceError::new(ErrorKind::EnvFailed, e.message);
-        match e.detail {
-            Some(d) => err.with_detail(serde_json::json!({ "uv": d })),
-            None => err,
-        }
+        ServiceError::new(ErrorKind::EnvFailed, e.message).with_detail(serde_json::json!({
+            "uv": e.detail,
+            "stage": e.stage,
+            "uv_exit_code": e.uv_exit_code,
+            "hint": e.hint,
+        }))
     }
+}
+
+fn docker_error(e: DockerError) -> ServiceError {
+    let kind = match &e {
+        DockerError::Spec(_)
+        | DockerError::NotUtf8 { .. }
+        | DockerError::Unsupported { .. }
+        | DockerError::Input(_) => ErrorKind::BadRequest,
+        _ => ErrorKind::Internal,
+    };
+    let mut message = format!("docker backend: {}", super::worker::error_chain(&e));
+    if let Some(hint) = e.hint() {
+        message.push_str(&format!(" (hint: {hint})"));
+    }
+    ServiceError::new(kind, message)
 }
 
 /// Options of a [`Service`].
@@ -221,15 +249,43 @@ pub struct ServiceOptions {
     pub ruff: Option<PathBuf>,
     /// Whether [`Program::Command`] jobs are accepted.
     pub allow_commands: bool,
+    /// Caps of the files returned from `out/` (native runs).
+    pub files: Collect,
+    /// Backend of jobs that do not name one.
+    pub backend: BackendKind,
 }
 
 /// Runs [`Job`]s: policy, environment, ruff, sandbox. Cheap to share (`Arc` inside).
 #[derive(Clone)]
 pub struct Service {
     pool: WorkerPool,
+    build: LazyPool,
+    docker: Option<Arc<DockerClient>>,
     options: Arc<ServiceOptions>,
     envs: Arc<dyn EnvProvider>,
     metrics: Arc<Metrics>,
+}
+
+/// Seconds a build step may wait for the build pool's worker by default (builds queue
+/// behind each other on one worker; each may take minutes).
+pub const BUILD_QUEUE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The build pool's configuration derived from the run pool's: `workers` launchers with the
+/// same sandbox settings, the sandbox user mapped to [`crate::env::BUILD_HOST_ID`] when
+/// running as root (`EnvStore::build_sandbox_config`), and a queue in which a build step may
+/// wait `queue_timeout`.
+pub fn build_pool_config(run: &PoolConfig, workers: usize, queue_timeout: Duration) -> PoolConfig {
+    let mut config = run.clone();
+    let base = crate::sandbox::SandboxConfig {
+        host_id: run.settings.host_id,
+        ..crate::sandbox::SandboxConfig::default()
+    };
+    config.settings.host_id = crate::env::EnvStore::build_sandbox_config(base).host_id;
+    config.workers = workers.max(1);
+    config.queue_timeout = queue_timeout;
+    config.max_runs_per_worker = 0;
+    config.prestart = false;
+    config
 }
 
 impl std::fmt::Debug for Service {
@@ -242,24 +298,69 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over `pool`.
+    /// A service over `pool`, with a one-worker build pool derived from it (see
+    /// [`build_pool_config`]; started on the first environment build) and no Docker backend.
     pub fn new(
         pool: WorkerPool,
         options: ServiceOptions,
         envs: Arc<dyn EnvProvider>,
         metrics: Arc<Metrics>,
     ) -> Service {
+        let build = LazyPool::new(build_pool_config(pool.config(), 1, BUILD_QUEUE_TIMEOUT));
         Service {
             pool,
+            build,
+            docker: None,
             options: Arc::new(options),
             envs,
             metrics,
         }
     }
 
+    /// Use `build` for environment builds (its launchers must map the sandbox user to the
+    /// build id; see [`build_pool_config`]).
+    pub fn with_build_pool(mut self, build: LazyPool) -> Service {
+        self.build = build;
+        self
+    }
+
+    /// Accept `backend = docker` jobs, run through `docker`.
+    pub fn with_docker(mut self, docker: Arc<DockerClient>) -> Service {
+        self.docker = Some(docker);
+        self
+    }
+
     /// The pool.
     pub fn pool(&self) -> &WorkerPool {
         &self.pool
+    }
+
+    /// The environment build pool.
+    pub fn build_pool(&self) -> &LazyPool {
+        &self.build
+    }
+
+    /// The environment provider.
+    pub fn envs(&self) -> &Arc<dyn EnvProvider> {
+        &self.envs
+    }
+
+    /// Whether `backend = docker` jobs are accepted.
+    pub fn docker_enabled(&self) -> bool {
+        self.docker.is_some()
+    }
+
+    /// Whether a run on `backend` returns the files it wrote under `out/` (native: yes;
+    /// docker: not yet, so its `files` is always empty and says nothing about what the
+    /// program wrote).
+    pub fn returns_files(&self, backend: BackendKind) -> bool {
+        backend == BackendKind::Native
+    }
+
+    /// Stop: refuse new jobs, give running ones `grace`, stop the run pool, the build pool
+    /// and every launcher (see [`WorkerPool::shutdown`]).
+    pub async fn shutdown(&self, grace: Duration) {
+        tokio::join!(self.pool.shutdown(grace), self.build.shutdown(grace));
     }
 
     /// The metrics.
@@ -272,9 +373,37 @@ impl Service {
         &self.options
     }
 
-    /// Whether format/lint can be served (ruff found).
+    /// Whether format/lint can be served: ruff is found without downloading anything (the
+    /// configured path, `KAKOI_RUFF`, the env toolchain's ruff once located, `PATH`).
     pub fn ruff_available(&self) -> bool {
-        Ruff::locate(self.options.ruff.as_deref()).is_ok()
+        self.locate_ruff(false).is_ok()
+    }
+
+    /// The ruff format/lint would use now, without downloading anything.
+    pub fn ruff_path(&self) -> Option<PathBuf> {
+        self.locate_ruff(false).ok().map(|r| r.binary().to_owned())
+    }
+
+    /// Find ruff: the configured path, `KAKOI_RUFF`, the env toolchain's pinned ruff
+    /// (downloaded on first use when `install`), `PATH`. Blocking when `install`.
+    fn locate_ruff(&self, install: bool) -> Result<Ruff, LintError> {
+        let envs = self.envs.clone();
+        Ruff::locate_with(self.options.ruff.as_deref(), &mut || {
+            envs.ruff(install).map_err(|e| e.message)
+        })
+    }
+
+    /// Locate the toolchain's ruff now (downloading it on first use), so the first request
+    /// that asks for format/lint does not wait for it. Call it from a blocking thread.
+    pub fn prepare_toolchain(&self) {
+        match self.envs.ruff(true) {
+            Ok(Some(r)) => tracing::info!(ruff = %r.binary().display(), "toolchain ready"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "the env toolchain is not available yet (it is retried on use): {}",
+                e.message
+            ),
+        }
     }
 
     /// Run a job to its result. Dropping the future cancels whatever sandbox it runs.
@@ -301,30 +430,31 @@ impl Service {
                 "network access is not allowed by this server's operator",
             ));
         }
-        let env_started = Instant::now();
-        let env = match job.requirements.as_deref() {
-            Some(r) if has_requirements(r) => Some(self.resolve_env(r.to_owned()).await?),
-            _ => None,
+        let backend = job.backend.unwrap_or(self.options.backend);
+        let docker = match backend {
+            BackendKind::Native => None,
+            BackendKind::Docker => Some(self.docker.clone().ok_or_else(|| {
+                ServiceError::bad_request(
+                    "the docker backend is not enabled on this server (the operator enables it with [docker] enabled = true or --docker); send backend=native",
+                )
+            })?),
         };
-        let env_ms = env_started.elapsed().as_secs_f64() * 1000.0;
-
         let mut files: Vec<InputFile> = Vec::with_capacity(job.files.len() + 1);
+        let python_program = matches!(job.program, Program::Python { .. });
         let (argv, format, lint) = match job.program {
             Program::Python { code } => {
-                let (code, format, lint) = self.ruff_pass(code, job.format, job.lint).await?;
                 if job.files.iter().any(|f| f.name == "main.py") {
                     return Err(ServiceError::bad_request(
                         "a file named main.py conflicts with the program itself",
                     ));
                 }
+                let (code, format, lint) = self.ruff_pass(code, job.format, job.lint).await?;
                 files.push(InputFile {
                     source: Source::Bytes(code.into_bytes()),
                     dest: "main.py".into(),
                 });
-                let python = env
-                    .as_ref()
-                    .map(|e| e.python.clone())
-                    .unwrap_or_else(|| self.options.python.clone());
+                // argv[0] becomes the environment's interpreter when there is one.
+                let python = self.options.python.clone();
                 let argv = vec![python.into_os_string(), format!("{WORKDIR}/main.py").into()];
                 (argv, format, lint)
             }
@@ -358,32 +488,94 @@ impl Service {
             } else {
                 Network::None
             },
+            // `out/` exists, empty and writable, when the program starts; what it holds at
+            // the end comes back in `files`. The Docker backend does not return files yet.
+            collect: self
+                .returns_files(backend)
+                .then(|| self.options.files.clone()),
             ..RunSpec::default()
         };
-        if let Some(e) = &env {
-            (e.apply)(&mut spec);
-        }
-        // Refuse bad input (file names, limits) before it takes a place in the queue.
+        // Refuse bad input (file names, limits) before an environment is built for it or it
+        // takes a place in the queue.
         if let Err(e) = spec.validate() {
             return Err(ServiceError::bad_request(e.to_string()));
         }
-        let mut result = self.pool.run(spec).await?;
+        let env_started = Instant::now();
+        let env = match job.requirements.as_deref() {
+            Some(r) if has_requirements(r) => Some(self.resolve_env(r.to_owned()).await?),
+            _ => None,
+        };
+        let env_ms = env_started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(e) = &env {
+            if python_program {
+                spec.argv[0] = e.python.clone().into_os_string();
+            }
+            (e.apply)(&mut spec);
+            if let Err(e) = spec.validate() {
+                return Err(ServiceError::bad_request(e.to_string()));
+            }
+        }
+        let usage = env.as_ref().map(|e| e.usage.clone());
+        let mut result = match docker {
+            // The env (its in-use lock) is held until the sandbox is gone, also when the run
+            // is cancelled.
+            None => self.pool.run_holding(spec, Box::new(env)).await?,
+            Some(client) => {
+                let result = self.run_docker(client, spec).await;
+                drop(env);
+                result?
+            }
+        };
         result.lint = lint;
         result.format = format;
-        if let Some(e) = env {
-            // Dropping `e` here, after the run, releases the environment.
+        if let Some(usage) = usage {
             result.timings.env_ms = env_ms;
-            result.env = Some(e.usage.clone());
+            result.env = Some(usage);
         }
         Ok(result)
     }
 
+    /// Run `spec` in a container, holding one of the pool's permits.
+    async fn run_docker(
+        &self,
+        client: Arc<DockerClient>,
+        spec: RunSpec,
+    ) -> Result<RunResult, ServiceError> {
+        let outcome = self
+            .pool
+            .run_external(|killed| async move {
+                client
+                    .run_cancellable(&spec, RunOptions::default(), killed)
+                    .await
+            })
+            .await?;
+        match outcome {
+            Ok(r) if r.status == Status::Cancelled && self.pool.is_shutting_down() => {
+                Err(JobError::CancelledByShutdown.into())
+            }
+            Ok(r) => Ok(r),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
     async fn resolve_env(&self, requirements: String) -> Result<ResolvedEnv, ServiceError> {
         let envs = self.envs.clone();
-        let backend = self.pool.blocking_backend();
+        let backend = self.build.blocking_backend();
         let resolved = tokio::task::spawn_blocking(move || envs.resolve(&requirements, &backend))
             .await
-            .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))??;
+            .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))?;
+        let resolved = match resolved {
+            Ok(r) => r,
+            // A build cut short by the shutdown is not the requirements' fault.
+            Err(_) if self.pool.is_shutting_down() => {
+                return Err(JobError::ShuttingDown.into());
+            }
+            // Nor is a build that found the build pool's queue full (429).
+            Err(EnvFailure {
+                queue: Some(job), ..
+            }) => return Err((*job).into()),
+            Err(e) => return Err(e.into()),
+        };
         self.metrics.record_env(resolved.usage.cache_hit);
         Ok(resolved)
     }
@@ -398,7 +590,11 @@ impl Service {
         if format_mode == FormatMode::Off && lint_mode == LintMode::Off {
             return Ok((code, None, None));
         }
-        let ruff = Ruff::locate(self.options.ruff.as_deref()).map_err(lint_unavailable)?;
+        let service = self.clone();
+        let ruff = tokio::task::spawn_blocking(move || service.locate_ruff(true))
+            .await
+            .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))?
+            .map_err(lint_unavailable)?;
         let mut code = code;
         let mut format = None;
         if format_mode != FormatMode::Off {

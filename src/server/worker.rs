@@ -6,7 +6,7 @@
 //! program; every clone happens here, in a process with exactly one thread.
 
 use std::io::BufWriter;
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -159,9 +159,10 @@ pub fn serve(settings: &WorkerSettings) -> i32 {
             .map(|d| d.controllers())
             .unwrap_or_default(),
         host_uid: sandbox.host_ids().0,
-        // Until the sandbox takes a cancel fd (RunOptions::cancel), a run cannot be ended
-        // from here: the manager kills this process instead.
-        cancel_frames: false,
+        host_gid: sandbox.host_ids().1,
+        // Every run watches stdin (`RunOptions::cancel`): a `cancel` frame arriving, or EOF
+        // from a dead manager, ends the run, and this launcher stays in service.
+        cancel_frames: true,
     };
     let ready = FromWorker::Ready {
         pid: std::process::id(),
@@ -180,7 +181,17 @@ pub fn serve(settings: &WorkerSettings) -> i32 {
             }
         };
         let answer = match frame {
-            ToWorker::Run { id, spec } => match sandbox.run_with(&spec, RunOptions::default()) {
+            // The sandbox polls stdin while the payload runs: the next frame the manager
+            // can send during a run is a `cancel` (it sends `run` frames only to an idle
+            // launcher), so "stdin readable" means "cancel", and so does EOF. It is read
+            // (and skipped) by the loop once the result is written.
+            ToWorker::Run { id, spec } => match sandbox.run_with(
+                &spec,
+                RunOptions {
+                    cancel: Some(input.as_raw_fd()),
+                    ..RunOptions::default()
+                },
+            ) {
                 Ok(result) => FromWorker::Result {
                     id,
                     result: Box::new(result),

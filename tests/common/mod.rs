@@ -80,6 +80,27 @@ pub fn sandbox_available() -> bool {
     )
 }
 
+/// Whether PyPI can be reached (environment builds resolve and download from it): a TCP
+/// connection to pypi.org:443. Prints SKIP, or fails under `KAKOI_TEST_REQUIRE=pypi`.
+pub fn pypi_available() -> bool {
+    use std::net::ToSocketAddrs as _;
+    let reachable = ("pypi.org", 443)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(10)).is_ok());
+    require(
+        "pypi",
+        reachable,
+        "pypi.org:443 cannot be reached (environment builds need PyPI)",
+    )
+}
+
+/// The data directory the environment tests share (`tests/env.rs`, `tests/server.rs`): kept
+/// between test runs so each environment is built once per machine. A data directory may not
+/// lie under /tmp or /work (envs are bound into sandboxes at their host path).
+pub const SHARED_DATA_DIR: &str = "/var/tmp/kakoi-test-env/shared";
+
 /// `kakoi` binary built by cargo for this test.
 pub fn kakoi() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kakoi"));
