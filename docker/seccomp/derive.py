@@ -7,7 +7,7 @@ pivots into it. Docker's default profile allows those calls only to containers w
 CAP_SYS_ADMIN. This script adds exactly the calls kakoi needs, unconditionally, to the
 default profile and changes nothing else, so the container keeps every other restriction
 (and needs no extra capability). Each addition was measured: removing any one of them makes
-the sandbox fail at that step (docker/privileges.sh; README, "Packaging (Docker)"). `setns`
+the sandbox fail at that step (tests/docker_compose.rs; README, "Packaging (Docker)"). `setns`
 is not added: the pool of pre-made network namespaces needs a bind mount in the container's
 own mount namespace (CAP_SYS_ADMIN), so inside a container every run gets a fresh one.
 
