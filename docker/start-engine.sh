@@ -47,10 +47,14 @@ PY
 }
 
 if docker info >/dev/null 2>&1; then
+    if registered && cmp -s "$here/runtime/runc-systempaths" "$runtime_path"; then
+        exit 0
+    fi
+    # A changed wrapper is picked up by the next container (runc is run per container).
+    install_runtime
     if registered; then
         exit 0
     fi
-    install_runtime
     pid=$(pidof dockerd || true)
     if [ -z "$pid" ]; then
         echo "start-engine: the engine answers but no local dockerd runs; register $runtime_name in its daemon.json yourself" >&2
