@@ -15,7 +15,8 @@
 //!    gets a 400 naming the value; `kakoi doctor` in the container agrees. Then
 //!    `docker-compose down -v`: no container, network or volume is left, no run cgroup is left,
 //!    and the delegated cgroup tree is removed from every hierarchy — on every path, a failed
-//!    assertion included ([`Teardown`]).
+//!    assertion included ([`Teardown`]); what a killed earlier run left (its names carry its
+//!    pid) is swept before the test starts.
 //!
 //! Needs root (the delegated cgroups), the native sandbox's capabilities, and `docker`: an
 //! engine, docker-compose, and the `kakoi-systempaths` runtime (`docker/start-engine.sh`).
@@ -118,6 +119,7 @@ macro_rules! setup {
         ) {
             return;
         }
+        Teardown::sweep_stale();
         guard
     }};
 }
@@ -304,6 +306,77 @@ struct Teardown {
 }
 
 impl Teardown {
+    /// Whether `name` (`itest-compose-<pid>-<n>`, from [`unique`]) belongs to a test process
+    /// that is gone (killed before its teardown ran).
+    fn is_stale(name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("itest-compose-") else {
+            return false;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+    }
+
+    /// Tear down what an earlier, killed run of this test left: its `docker run` containers,
+    /// compose projects and delegated cgroup trees.
+    fn sweep_stale() {
+        let mut names = BTreeSet::new();
+        let format = format!("{{{{.Label \"{LABEL}\"}}}}");
+        let out = run(&mut docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={LABEL}"),
+            "--format",
+            &format,
+        ]));
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        let project = "{{.Label \"com.docker.compose.project\"}}";
+        for what in [&["ps", "-a"][..], &["network", "ls"], &["volume", "ls"]] {
+            let mut args = what.to_vec();
+            args.extend([
+                "--filter",
+                "label=com.docker.compose.project",
+                "--format",
+                project,
+            ]);
+            let out = run(&mut docker(&args));
+            names.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned),
+            );
+        }
+        for top in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for entry in std::fs::read_dir(top.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                names.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        for name in names.into_iter().filter(|n| Self::is_stale(n)) {
+            let mut stale = Teardown {
+                cgroup: name.clone(),
+                project: name.clone(),
+                env: vec![("KAKOI_CGROUP".into(), name.clone())],
+                done: false,
+            };
+            let left = stale.finish();
+            eprintln!("removed the leftovers of an earlier run ({name}); still there: {left:?}");
+        }
+    }
+
     fn new() -> Teardown {
         let name = unique("compose").replace(['.', '_'], "-");
         Teardown {
