@@ -4,6 +4,10 @@
 //! `sock_filter` array, little-endian `code:u16 jt:u8 jf:u8 k:u32`) and `seccomp_generated.rs`
 //! (syscall names of the policy and the architecture's syscall table), included by
 //! `src/sandbox/seccomp.rs`, which assembles the one filter a run installs.
+//!
+//! Also sets `KAKOI_WORKER_RECIPE`: the digest of the Docker worker recipe
+//! (`docker/worker/Dockerfile` and `kakoi-entry`), part of the default worker image tag, so
+//! kakoi builds with different recipes never fight over one tag on a shared engine.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,29 @@ use std::path::{Path, PathBuf};
 #[allow(dead_code)]
 mod compile;
 
+/// 16 hex digits of SHA-256(Dockerfile, NUL, entry script): the same digest as
+/// `kakoi::backend::docker::entry::recipe_digest`, which a unit test checks.
+fn worker_recipe() {
+    use sha2::{Digest as _, Sha256};
+    println!("cargo::rerun-if-changed=docker/worker/Dockerfile");
+    println!("cargo::rerun-if-changed=docker/worker/kakoi-entry");
+    let read =
+        |path: &str| std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let mut h = Sha256::new();
+    h.update(read("docker/worker/Dockerfile"));
+    h.update(b"\0");
+    h.update(read("docker/worker/kakoi-entry"));
+    let digest: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo::rustc-env=KAKOI_WORKER_RECIPE={digest}");
+}
+
 fn main() {
+    worker_recipe();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = Path::new("seccomp").join(&arch);

@@ -981,15 +981,31 @@ fn detect_cgroup(roots: &HostRoots, mounts: &[MountEntry], process: &ProcessIds)
 
     for controller in LIMIT_CONTROLLERS {
         // A controller bound to a v1 hierarchy is not available on v2 (hybrid hosts).
-        let v1 = mounts
-            .iter()
-            .find(|m| m.fs_type == "cgroup" && m.super_options.iter().any(|o| o == controller));
+        let carries = |m: &&MountEntry| {
+            m.fs_type == "cgroup" && m.super_options.iter().any(|o| o == controller)
+        };
+        // The first mount point of the controller is where a run's cgroup goes (as the
+        // sandbox's detection does); of several mounts stacked there the last one is the one
+        // visible (a container's read-only cgroup with a delegated subtree mounted over it).
+        let v1 = mounts.iter().find(carries).map(|first| {
+            mounts
+                .iter()
+                .rev()
+                .filter(carries)
+                .find(|m| m.mount_point == first.mount_point)
+                .unwrap_or(first)
+        });
         let entry = if let Some(mount) = v1 {
             let path = own
                 .iter()
                 .find(|(list, _)| list.split(',').any(|c| c == controller))
                 .map_or("/", |(_, path)| path.as_str());
-            let dir = cgroup_dir(roots, mount, path);
+            // Our own cgroup outside the mount (a bind of another subtree): runs go under
+            // the mount point.
+            let inside = mount.root == "/"
+                || path == mount.root
+                || path.starts_with(&format!("{}/", mount.root));
+            let dir = cgroup_dir(roots, mount, if inside { path } else { &mount.root });
             let pre_made = dir.join("kakoi");
             let writable_dir = if process.can_write(&pre_made) {
                 Some(pre_made)
@@ -1387,7 +1403,7 @@ fn seccomp_checks(report: &HostReport, checks: &mut Vec<Check>) {
 // Containers and /proc
 
 /// What Docker needs to let kakoi build its sandbox inside a container.
-const DOCKER_REMEDY: &str = "inside Docker, run the container with: --security-opt seccomp=<profile allowing unshare, setns, mount, umount2, pivot_root and clone/clone3 with namespace flags> (or seccomp=unconfined), --security-opt apparmor=unconfined on AppArmor hosts, --security-opt systempaths=unconfined (so /proc is not masked), and --cgroupns=private with a delegated, writable cgroup (not --cgroupns=host, which escapes the outer limits)";
+const DOCKER_REMEDY: &str = "inside Docker, run the container as docker-compose.yml does: --security-opt seccomp=docker/seccomp/kakoi-runner.json (Docker's default profile plus clone with namespace flags, unshare, mount, mount_setattr, umount2, pivot_root and sethostname), --security-opt systempaths=unconfined so /proc is not masked (with compose 1.x: runtime kakoi-systempaths, docker/start-engine.sh), --cap-drop ALL as a non-root user (a root runner needs SETUID and SETGID), apparmor=unconfined on AppArmor hosts, and a delegated cgroup subtree mounted writable over the container's cgroup controllers (docker/cgroup-delegate.sh; never --cgroupns=host with the host's whole hierarchy, which escapes the outer limits)";
 
 fn detect_container(roots: &HostRoots, mounts: &[MountEntry]) -> ContainerInfo {
     let mut evidence = Vec::new();
@@ -1986,6 +2002,47 @@ mod tests {
         assert_eq!(c.status, Status::Warn);
         assert!(c.detail.contains("not writable: memory"));
         assert!(c.detail.contains("RLIMIT_AS"));
+    }
+
+    /// Inside a container (docker-compose.yml): Docker's read-only cgroup mounts of the
+    /// container's own cgroup, with a delegated subtree mounted over memory and pids.
+    #[test]
+    fn cgroup_v1_delegated_subtree_over_a_read_only_mount_is_writable() {
+        let id = "/kakoi-serve/0583247a19b6";
+        let mut mountinfo = String::from(
+            "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+             27 1 254:0 / / rw,relatime - overlay overlay rw\n\
+             31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n",
+        );
+        for (n, c) in ["memory", "pids", "cpu"].iter().enumerate() {
+            mountinfo.push_str(&format!(
+                "{} 31 0:{} {id} /sys/fs/cgroup/{c} ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,{c}\n",
+                40 + n,
+                29 + n
+            ));
+        }
+        for (n, c) in ["memory", "pids"].iter().enumerate() {
+            mountinfo.push_str(&format!(
+                "{} 31 0:{} /kakoi-serve/sandboxes /sys/fs/cgroup/{c} rw,relatime - cgroup cgroup rw,{c}\n",
+                50 + n,
+                29 + n
+            ));
+        }
+        let host = FakeHost::new(10000, &mountinfo);
+        for c in ["memory", "pids", "cpu"] {
+            host.mkdir(&format!("sys/fs/cgroup/{c}"), 0o777);
+        }
+        host.write(
+            "proc/self/cgroup",
+            &format!("8:pids:{id}\n4:memory:{id}\n1:cpu:{id}\n0::/\n"),
+        );
+        let report = host.detect(&LiveFacts::default());
+        assert_eq!(report.cgroup.writable_controllers(), ["memory", "pids"]);
+        let memory = &report.cgroup.access[0];
+        assert_eq!(
+            memory.path.as_deref(),
+            Some(host.dir.path().join("sys/fs/cgroup/memory").as_path())
+        );
     }
 
     #[test]

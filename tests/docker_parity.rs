@@ -911,3 +911,391 @@ fn async_client_runs_concurrently_in_a_multi_threaded_runtime_and_cancels() {
         "cgroups left"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Returned files (`--collect`): the same entries on both backends.
+// ---------------------------------------------------------------------------------------
+
+/// The escape suite's returned-files attack program, as an input file (`/work/attacks.py`).
+fn attacks_flag() -> String {
+    format!("{}:attacks.py", fixture("escape/attacks.py").display())
+}
+
+/// `(path, size, skipped, content)` of each returned entry.
+type Entry = (String, u64, Option<String>, Option<Vec<u8>>);
+
+fn entries(r: &RunResult) -> Vec<Entry> {
+    use base64::Engine as _;
+    r.files
+        .iter()
+        .map(|f| {
+            let content = f
+                .base64
+                .as_deref()
+                .map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap());
+            (f.path.clone(), f.size, f.skipped.clone(), content)
+        })
+        .collect()
+}
+
+/// Symlinks (to /etc/shadow, /proc/1/root, /, loops), hardlinks, a FIFO, a socket, a 60 MiB
+/// sparse file, a 200-deep tree, 5000 files, a mode-0 file, odd and non-UTF-8 names, and a
+/// daemonized grandchild swapping a file and a symlink: the escape suite's attacks, run on
+/// both backends. Every entry is the same — path, size, why skipped, content — except the
+/// raced name (`race*`: a file or a symlink, whichever the kill found) and, since that shifts
+/// the count cap by one, the last `many/` entries before the `limit` entry.
+#[test]
+fn returned_files_attacks_give_the_same_files_on_both() {
+    let _g = setup!();
+    let attacks = attacks_flag();
+    let mut seen = BTreeMap::new();
+    for backend in BACKENDS {
+        let (r, _) = exec_on(
+            backend,
+            &["--collect", "out", "--timeout", "20", "--file", &attacks],
+            &["python3", "/work/attacks.py", "out-attacks"],
+        );
+        assert_eq!(r.status, Status::Ok, "{backend}: {r:#?}");
+        assert!(
+            r.stdout.contains("planted ok"),
+            "{backend}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        let all = entries(&r);
+        // The count cap (64) and one `limit` entry.
+        assert_eq!(all.len(), 65, "{backend}: {all:#?}");
+        assert_eq!(all[64].2.as_deref(), Some("limit"), "{backend}");
+        for (path, _, skipped, content) in &all {
+            if path.starts_with("link_") || path == "fifo" || path == "socket" {
+                assert!(content.is_none(), "{backend}: {path} was read");
+            }
+            if path == "sparse" {
+                assert_eq!(skipped.as_deref(), Some("too_large"), "{backend}");
+            }
+            if let Some(c) = content {
+                let text = String::from_utf8_lossy(c);
+                assert!(
+                    !text.contains("root:"),
+                    "{backend}: {path} holds a host file"
+                );
+            }
+        }
+        let ok = all.iter().find(|e| e.0 == "ok.txt").expect("ok.txt");
+        assert_eq!(ok.3.as_deref(), Some(&b"fine"[..]), "{backend}");
+        seen.insert(backend, all);
+    }
+    let stable = |all: &[Entry]| -> Vec<Entry> {
+        all.iter()
+            .filter(|e| !e.0.starts_with("race"))
+            .cloned()
+            .collect()
+    };
+    let (native, docker) = (stable(&seen["native"]), stable(&seen["docker"]));
+    // Everything up to the first `many/` entry is the same, in the same order.
+    let head = |all: &[Entry]| -> Vec<Entry> {
+        all.iter()
+            .take_while(|e| !e.0.starts_with("many/"))
+            .cloned()
+            .collect()
+    };
+    let native_head = head(&native);
+    assert_eq!(native_head, head(&docker));
+    let listed: BTreeSet<&str> = native_head.iter().map(|e| e.0.as_str()).collect();
+    for name in [
+        "hard_private",
+        "link_etc_shadow",
+        "link_proc1_root_shadow",
+        "link_loop",
+        "sparse",
+        "unreadable",
+        "fifo",
+        "socket",
+        "ok.txt",
+    ] {
+        assert!(listed.contains(name), "{name} not listed: {listed:?}");
+    }
+    // The deep tree stops at the depth cap on both.
+    assert!(
+        native_head
+            .iter()
+            .any(|e| e.0.starts_with("d/d/") && e.2.as_deref() == Some("depth"))
+    );
+    // The `many/` entries agree where both have them (the `limit` entry names the first
+    // one left out, which the raced names shift).
+    let many = |all: &[Entry]| -> Vec<Entry> {
+        all.iter()
+            .filter(|e| e.0.starts_with("many/") && e.2.as_deref() != Some("limit"))
+            .cloned()
+            .collect()
+    };
+    let (a, b) = (many(&native), many(&docker));
+    let common = a.len().min(b.len());
+    assert!(common > 10, "{a:?}");
+    assert_eq!(a[..common], b[..common]);
+}
+
+/// The output directory replaced by a symlink (to the toolchain, to pid 1's root, to /etc):
+/// one entry, the directory itself, skipped as a symlink, on both.
+#[test]
+fn returned_files_out_dir_symlink_is_refused_on_both() {
+    let _g = setup!();
+    let attacks = attacks_flag();
+    for backend in BACKENDS {
+        for target in ["/usr/bin", "/proc/1/root/etc", "/etc"] {
+            let (r, _) = exec_on(
+                backend,
+                &["--collect", "out", "--file", &attacks],
+                &["python3", "/work/attacks.py", "out-dir-symlink", target],
+            );
+            assert_eq!(r.status, Status::Ok, "{backend}: {r:#?}");
+            assert_eq!(
+                entries(&r),
+                [(".".to_string(), 0, Some("symlink".to_string()), None)],
+                "{backend}: out -> {target}"
+            );
+        }
+    }
+}
+
+/// Nested collect directories, one missing, and a file in its place: the same on both; the
+/// directory exists, empty and owned by 1000 (mode 755), when the payload starts.
+#[test]
+fn returned_files_directory_cases_match() {
+    let _g = setup!();
+    for backend in BACKENDS {
+        let (r, _) = exec_on(
+            backend,
+            &["--collect", "res/out"],
+            &[
+                "sh",
+                "-c",
+                "stat -c '%u %g %a' res/out; ls -A res/out | wc -l; printf x > res/out/a; \
+                 mkdir res/out/sub; printf yy > res/out/sub/b; printf '' > res/out/empty",
+            ],
+        );
+        assert_eq!(r.status, Status::Ok, "{backend}: {r:#?}");
+        assert_eq!(r.stdout, "1000 1000 755\n0\n", "{backend}");
+        assert_eq!(
+            entries(&r),
+            [
+                ("a".to_string(), 1, None, Some(b"x".to_vec())),
+                ("empty".to_string(), 0, None, Some(vec![])),
+                ("sub/b".to_string(), 2, None, Some(b"yy".to_vec())),
+            ],
+            "{backend}"
+        );
+        // Removed by the payload: no entries. Replaced by a file: one `not_regular`.
+        let (r, _) = exec_on(backend, &["--collect", "out"], &["rmdir", "out"]);
+        assert_eq!((r.status, r.files.len()), (Status::Ok, 0), "{backend}");
+        let (r, _) = exec_on(
+            backend,
+            &["--collect", "a/out"],
+            &["sh", "-c", "rm -r a; echo file > a"],
+        );
+        assert_eq!(
+            entries(&r),
+            [(".".to_string(), 0, Some("not_regular".to_string()), None)],
+            "{backend}"
+        );
+        // An intermediate symlink: refused as a symlink, never followed.
+        let (r, _) = exec_on(
+            backend,
+            &["--collect", "a/out"],
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /tmp/x/out; echo s > /tmp/x/out/s; rm -r a; ln -s /tmp/x a",
+            ],
+        );
+        assert_eq!(
+            entries(&r),
+            [(".".to_string(), 0, Some("symlink".to_string()), None)],
+            "{backend}"
+        );
+    }
+}
+
+/// Caps (count, per file, total): the Docker backend's entries equal what the native walker
+/// returns for the same tree (built on the host, walked in-process), and the payload's
+/// stdout and stderr stay exactly its own on both (no marker or listing bytes), even without
+/// a final newline.
+#[test]
+fn returned_files_caps_and_output_match() {
+    let _g = setup!();
+    use kakoi::sandbox::RunOptions;
+    use std::os::fd::AsFd as _;
+    let caps = kakoi::spec::Collect {
+        max_files: 6,
+        max_file_bytes: 500,
+        max_total_bytes: 1000,
+        ..kakoi::spec::Collect::default()
+    };
+    let script = "for i in 1 2 3 4 5 6 7; do head -c $((i * 100)) /dev/zero > out/f$i; done; \
+                  printf 'no newline'; printf 'err no newline' >&2";
+    let mut spec = kakoi::RunSpec::command(["sh", "-c", script]);
+    spec.collect = Some(caps.clone());
+    let docker = DockerBackend::new(DockerConfig::default())
+        .unwrap()
+        .run(&spec, RunOptions::default())
+        .unwrap();
+    assert_eq!(docker.status, Status::Ok, "{docker:#?}");
+    assert_eq!(
+        (docker.stdout.as_str(), docker.stderr.as_str()),
+        ("no newline", "err no newline")
+    );
+    let host = scratch();
+    std::fs::create_dir(host.path().join("out")).unwrap();
+    for i in 1..=7u64 {
+        std::fs::write(
+            host.path().join(format!("out/f{i}")),
+            vec![0u8; (i * 100) as usize],
+        )
+        .unwrap();
+    }
+    let dir = std::fs::File::open(host.path()).unwrap();
+    let native = kakoi::sandbox::collect::collect(dir.as_fd(), &caps);
+    assert_eq!(docker.files, native);
+    let skipped: Vec<Option<&str>> = native.iter().map(|f| f.skipped.as_deref()).collect();
+    assert_eq!(
+        skipped,
+        [
+            None,
+            None,
+            None,
+            None,
+            Some("limit"),
+            Some("too_large"),
+            Some("limit")
+        ]
+    );
+    // The same output through the native sandbox.
+    let (r, _) = exec_on("native", &["--collect", "out"], &["sh", "-c", script]);
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str()),
+        ("no newline", "err no newline")
+    );
+}
+
+/// A run that times out still returns what it wrote (native walks the tmpfs after killing
+/// the tree; Docker kills every process but the entry, which then lists), even when the
+/// payload used up its pids limit; the container is removed. So does an OOM-killed run.
+#[test]
+fn returned_files_survive_a_timeout_on_both() {
+    let _g = setup!();
+    let bomb = "import os, time\nopen('out/before.txt', 'w').write('written')\n\
+                n = 0\nwhile True:\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n    \
+                if pid == 0:\n        time.sleep(100)\n        os._exit(0)\n    n += 1\n\
+                print('children', n, flush=True)\ntime.sleep(100)\n";
+    for backend in BACKENDS {
+        let child = kakoi()
+            .args(["exec", "--json", "--backend", backend])
+            .args(["--collect", "out", "--timeout", "2", "--pids", "16"])
+            .args(["--", "python3", "-c", bomb])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let r = parse_result(&out);
+        assert_eq!(r.status, Status::Timeout, "{backend}: {r:#?}");
+        assert_eq!(r.stdout, "children 14\n", "{backend}");
+        assert_eq!(
+            entries(&r),
+            [("before.txt".to_string(), 7, None, Some(b"written".to_vec()))],
+            "{backend}"
+        );
+        assert!(r.wall_ms < 6000.0, "{backend}: {}", r.wall_ms);
+        assert_eq!(containers_of(&[pid].into()), Vec::<String>::new());
+        // The OOM killer ends the payload: still `oom`, still the files.
+        let (r, _) = exec_on(
+            backend,
+            &["--collect", "out", "--memory", "64M"],
+            &[
+                "python3",
+                "-c",
+                "open('out/a', 'w').write('a')\nx = b'x' * (200 << 20)",
+            ],
+        );
+        assert_eq!((r.status, r.oom_killed), (Status::Oom, true), "{backend}");
+        assert_eq!(
+            entries(&r),
+            [("a".to_string(), 1, None, Some(b"a".to_vec()))],
+            "{backend}"
+        );
+    }
+}
+
+/// `RunOptions::cancel` through the synchronous Docker backend: the fd becoming readable
+/// cancels the run like native mode (status `cancelled`, container removed), with or without
+/// returned files; a bad fd is a clear error.
+#[test]
+fn cancel_fd_cancels_a_docker_run() {
+    let _g = setup!();
+    use kakoi::sandbox::RunOptions;
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let backend = DockerBackend::new(DockerConfig::default()).unwrap();
+    for collect in [false, true] {
+        let (read, write) = std::io::pipe().unwrap();
+        let mut spec = kakoi::RunSpec::command([
+            "sh",
+            "-c",
+            "echo kept > out/kept.txt 2>/dev/null; sleep 100",
+        ]);
+        spec.limits.timeout = Some(60.0);
+        if collect {
+            spec.collect = Some(kakoi::spec::Collect::default());
+        }
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let mut write = write;
+            write.write_all(b"x").unwrap();
+        });
+        let started = Instant::now();
+        let r = backend
+            .run(
+                &spec,
+                RunOptions {
+                    cancel: Some(read.as_raw_fd()),
+                    ..RunOptions::default()
+                },
+            )
+            .unwrap();
+        writer.join().unwrap();
+        assert_eq!(r.status, Status::Cancelled, "collect {collect}: {r:#?}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        if collect {
+            assert_eq!(r.files.len(), 1, "{r:#?}");
+            assert_eq!(r.files[0].path, "kept.txt");
+        } else {
+            assert!(r.files.is_empty());
+        }
+    }
+    // A closed writer (hang-up) cancels too; an fd that is not open is an error.
+    let (read, write) = std::io::pipe().unwrap();
+    drop(write);
+    let r = backend
+        .run(
+            &kakoi::RunSpec::command(["sleep", "100"]),
+            RunOptions {
+                cancel: Some(read.as_raw_fd()),
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.status, Status::Cancelled, "{r:#?}");
+    let e = backend
+        .run(
+            &kakoi::RunSpec::command(["true"]),
+            RunOptions {
+                cancel: Some(987_654),
+                ..RunOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("cancel fd 987654"), "{e}");
+    let me: BTreeSet<u32> = [std::process::id()].into();
+    assert_eq!(containers_of(&me), Vec::<String>::new(), "containers left");
+}

@@ -49,8 +49,8 @@ pub struct BaseImageArgs {
 /// Options of `kakoi docker build-image`.
 #[derive(Debug, Args)]
 pub struct BuildImageArgs {
-    /// Build FROM this local image instead of the Debian base (it needs sh, head, tar and
-    /// python3.11; kakoi never pulls).
+    /// Build FROM this local image instead of the Debian base (it needs sh, head, GNU tar
+    /// and find, chmod, sleep and python3.11; kakoi never pulls).
     #[arg(long, value_name = "NAME", conflicts_with = "rootfs_tar")]
     pub base_image: Option<String>,
     /// Import this root filesystem tarball as the base instead of running debootstrap.

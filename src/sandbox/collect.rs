@@ -24,6 +24,10 @@
 //! - after `max_files` entries the walk stops and adds one `limit` entry naming the first entry
 //!   left out; a file that would take the total over `max_total_bytes` is listed as `limit`.
 //!
+//! The rules, order and caps live in [`walk`], over a [`Tree`]: the native tree here (fds),
+//! and the Docker backend's listing (`backend::docker::collect`), so both backends return
+//! the same entries for the same tree.
+//!
 //! In each directory its files (and other non-directories) come first, sorted by name, then
 //! its subdirectories, sorted by name, each walked the same way: a program's top-level results
 //! (`out/plot.png`) are returned before the count cap can be used up by a deep tree next to
@@ -67,37 +71,117 @@ pub mod reason {
 const OPEN_DIR: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 const OPEN_FILE: libc::c_int = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
 
+/// The type of an entry, from `lstat` (a symlink is never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Directory,
+    /// A regular file.
+    Regular,
+    /// A symbolic link.
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+/// What a [`Tree`] knows about one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Its type.
+    pub kind: Kind,
+    /// `st_size` (a symlink's is the length of its target).
+    pub size: u64,
+    /// `st_dev`: an entry on another device than the output directory is another mount.
+    pub device: u64,
+    /// `st_ino`.
+    pub inode: u64,
+}
+
+/// What reading a regular file gave.
+#[derive(Debug)]
+pub enum Content {
+    /// The bytes (never more than the file's listed size).
+    Bytes(Vec<u8>),
+    /// The file is fetched later, after the walk (the Docker backend reads every chosen file
+    /// in one archive); see [`Collected::deferred`].
+    Deferred,
+}
+
+/// A directory tree that [`walk`] applies the returned-files rules to. The native sandbox
+/// walks the workdir tmpfs through fds (`openat2`, never following a link); the Docker backend
+/// walks a listing the container printed after its payload ended. Both get the same rules,
+/// order and caps from [`walk`].
+pub trait Tree {
+    /// A directory handle.
+    type Dir;
+    /// The output directory itself: `Ok(None)` when it does not exist, `Err(reason)` when it
+    /// cannot be looked at (e.g. [`reason::SYMLINK`] for a symlink on the way to it).
+    fn root(&mut self) -> Result<Option<Meta>, &'static str>;
+    /// Open the output directory (after [`Tree::root`] said it is one).
+    fn open_root(&mut self) -> Result<Self::Dir, &'static str>;
+    /// The names in a directory, in any order, without `.` and `..`; `None` if unreadable.
+    fn names(&mut self, dir: &Self::Dir) -> Option<Vec<OsString>>;
+    /// `lstat` of an entry; `None` if it cannot be looked at.
+    fn stat(&mut self, dir: &Self::Dir, name: &OsStr) -> Option<Meta>;
+    /// Open a subdirectory, never through a symlink.
+    fn open_dir(&mut self, dir: &Self::Dir, name: &OsStr) -> Result<Self::Dir, &'static str>;
+    /// Read a regular file that `stat` described as `meta` (the caps were already checked).
+    fn read(&mut self, dir: &Self::Dir, name: &OsStr, meta: &Meta)
+    -> Result<Content, &'static str>;
+}
+
+/// The outcome of [`walk`].
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The entries, in the order of the module documentation.
+    pub files: Vec<OutputFile>,
+    /// Files whose content is still to be filled in ([`Content::Deferred`]): their index in
+    /// `files` and their path (always UTF-8). The caps already count their listed size.
+    pub deferred: Vec<(usize, String)>,
+}
+
 struct Walk<'a> {
     caps: &'a Collect,
-    files: Vec<OutputFile>,
+    out: Collected,
     total: u64,
     device: u64,
     full: bool,
 }
 
 impl Walk<'_> {
-    fn push(&mut self, path: String, size: u64, content: Result<Vec<u8>, &'static str>) {
+    fn push(&mut self, path: String, size: u64, content: Result<Content, &'static str>) {
         if self.full {
             return;
         }
-        if self.files.len() == self.caps.max_files {
-            self.files.push(skipped(path, 0, reason::LIMIT));
+        if self.out.files.len() == self.caps.max_files {
+            self.out.files.push(skipped(path, 0, reason::LIMIT));
             self.full = true;
             return;
         }
-        self.files.push(match content {
-            Ok(bytes) => OutputFile {
+        let entry = match content {
+            Ok(Content::Bytes(bytes)) => OutputFile {
                 path,
                 size,
                 base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
                 skipped: None,
             },
+            Ok(Content::Deferred) => {
+                self.out.deferred.push((self.out.files.len(), path.clone()));
+                OutputFile {
+                    path,
+                    size,
+                    base64: None,
+                    skipped: None,
+                }
+            }
             Err(why) => skipped(path, size, why),
-        });
+        };
+        self.out.files.push(entry);
     }
 }
 
-fn skipped(path: String, size: u64, why: &str) -> OutputFile {
+/// An entry whose content is not returned.
+pub fn skipped(path: String, size: u64, why: &str) -> OutputFile {
     OutputFile {
         path,
         size,
@@ -109,45 +193,217 @@ fn skipped(path: String, size: u64, why: &str) -> OutputFile {
 /// Walk `<workdir>/<caps.dir>` and return its files under the caps. `workdir` is an fd of the
 /// workdir's root (any open mode, `O_PATH` included). A missing directory gives no entries.
 pub fn collect(workdir: BorrowedFd<'_>, caps: &Collect) -> Vec<OutputFile> {
+    let mut tree = FdTree {
+        workdir,
+        dir: &caps.dir,
+        handle: None,
+    };
+    walk(&mut tree, caps).files
+}
+
+/// Apply the returned-files rules (module documentation) to `tree`.
+pub fn walk<T: Tree>(tree: &mut T, caps: &Collect) -> Collected {
     let mut walk = Walk {
         caps,
-        files: Vec::new(),
+        out: Collected::default(),
         total: 0,
         device: 0,
         full: false,
     };
-    let Ok(dir) = CString::new(caps.dir.as_os_str().as_bytes()) else {
-        return vec![skipped(".".into(), 0, reason::UNREADABLE)];
-    };
-    // O_PATH|O_NOFOLLOW opens a final symlink itself, so its type can be told apart from a
-    // file (O_DIRECTORY alone would say ENOTDIR for both).
-    let handle = match sys::openat2(
-        workdir.as_raw_fd(),
-        &dir,
-        libc::O_PATH | libc::O_NOFOLLOW,
-        sys::RESOLVE_STRICT,
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Vec::new(),
-        Err(errno) => return vec![skipped(".".into(), 0, open_failure(errno))],
-    };
-    let kind = match nix::sys::stat::fstat(&handle) {
-        Ok(stat) => {
-            walk.device = stat.st_dev;
-            SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
+    let root = match tree.root() {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return walk.out,
+        Err(why) => {
+            walk.out.files.push(skipped(".".into(), 0, why));
+            return walk.out;
         }
-        Err(_) => return vec![skipped(".".into(), 0, reason::UNREADABLE)],
     };
-    match kind {
-        SFlag::S_IFDIR => {}
-        SFlag::S_IFLNK => return vec![skipped(".".into(), 0, reason::SYMLINK)],
-        _ => return vec![skipped(".".into(), 0, reason::NOT_REGULAR)],
+    walk.device = root.device;
+    match root.kind {
+        Kind::Directory => {}
+        Kind::Symlink => {
+            walk.out.files.push(skipped(".".into(), 0, reason::SYMLINK));
+            return walk.out;
+        }
+        _ => {
+            walk.out
+                .files
+                .push(skipped(".".into(), 0, reason::NOT_REGULAR));
+            return walk.out;
+        }
     }
-    match sys::openat2(handle.as_raw_fd(), c".", OPEN_DIR, sys::RESOLVE_STRICT) {
-        Ok(fd) => walk_dir(&mut walk, fd, &mut Vec::new(), 0),
-        Err(errno) => return vec![skipped(".".into(), 0, open_failure(errno))],
+    match tree.open_root() {
+        Ok(dir) => walk_dir(tree, &mut walk, &dir, &mut Vec::new(), 0),
+        Err(why) => walk.out.files.push(skipped(".".into(), 0, why)),
     }
-    walk.files
+    walk.out
+}
+
+fn walk_dir<T: Tree>(
+    tree: &mut T,
+    walk: &mut Walk<'_>,
+    dir: &T::Dir,
+    prefix: &mut Vec<u8>,
+    depth: usize,
+) {
+    let Some(mut names) = tree.names(dir) else {
+        let path = String::from_utf8_lossy(prefix).into_owned();
+        walk.push(path, 0, Err(reason::UNREADABLE));
+        return;
+    };
+    names.sort();
+    // Non-directories first, then directories; each group keeps the name order.
+    let (dirs, others): (Vec<OsString>, Vec<OsString>) = names.into_iter().partition(|name| {
+        tree.stat(dir, name)
+            .is_some_and(|m| m.kind == Kind::Directory)
+    });
+    for name in others.into_iter().chain(dirs) {
+        if walk.full {
+            return;
+        }
+        let mark = prefix.len();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(name.as_bytes());
+        visit(tree, walk, dir, &name, prefix, depth);
+        prefix.truncate(mark);
+    }
+}
+
+fn visit<T: Tree>(
+    tree: &mut T,
+    walk: &mut Walk<'_>,
+    dir: &T::Dir,
+    name: &OsStr,
+    path: &mut Vec<u8>,
+    depth: usize,
+) {
+    let shown = String::from_utf8_lossy(path).into_owned();
+    let Some(meta) = tree.stat(dir, name) else {
+        return walk.push(shown, 0, Err(reason::UNREADABLE));
+    };
+    let size = meta.size;
+    if meta.kind == Kind::Symlink {
+        return walk.push(shown, size, Err(reason::SYMLINK));
+    }
+    if meta.device != walk.device {
+        return walk.push(shown, 0, Err(reason::OTHER_MOUNT));
+    }
+    if std::str::from_utf8(path).is_err() {
+        return walk.push(shown, size, Err(reason::NOT_UTF8));
+    }
+    if meta.kind == Kind::Directory {
+        if depth + 1 > COLLECT_MAX_DEPTH {
+            return walk.push(shown, 0, Err(reason::DEPTH));
+        }
+        match tree.open_dir(dir, name) {
+            Ok(child) => walk_dir(tree, walk, &child, path, depth + 1),
+            Err(why) => walk.push(shown, 0, Err(why)),
+        }
+        return;
+    }
+    if meta.kind != Kind::Regular {
+        return walk.push(shown, size, Err(reason::NOT_REGULAR));
+    }
+    if size > walk.caps.max_file_bytes {
+        return walk.push(shown, size, Err(reason::TOO_LARGE));
+    }
+    if walk.total + size > walk.caps.max_total_bytes {
+        return walk.push(shown, size, Err(reason::LIMIT));
+    }
+    match tree.read(dir, name, &meta) {
+        Ok(Content::Bytes(bytes)) => {
+            walk.total += bytes.len() as u64;
+            walk.push(shown, size, Ok(Content::Bytes(bytes)));
+        }
+        Ok(Content::Deferred) => {
+            walk.total += size;
+            walk.push(shown, size, Ok(Content::Deferred));
+        }
+        Err(why) => walk.push(shown, size, Err(why)),
+    }
+}
+
+/// The native tree: the workdir tmpfs, through fds.
+struct FdTree<'a> {
+    workdir: BorrowedFd<'a>,
+    dir: &'a std::path::Path,
+    /// `O_PATH` handle of the output directory, from [`Tree::root`].
+    handle: Option<OwnedFd>,
+}
+
+fn meta_of(stat: &FileStat) -> Meta {
+    let kind = match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => Kind::Directory,
+        SFlag::S_IFREG => Kind::Regular,
+        SFlag::S_IFLNK => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    Meta {
+        kind,
+        size: stat.st_size.max(0) as u64,
+        device: stat.st_dev,
+        inode: stat.st_ino,
+    }
+}
+
+impl Tree for FdTree<'_> {
+    type Dir = OwnedFd;
+
+    fn root(&mut self) -> Result<Option<Meta>, &'static str> {
+        let Ok(dir) = CString::new(self.dir.as_os_str().as_bytes()) else {
+            return Err(reason::UNREADABLE);
+        };
+        // O_PATH|O_NOFOLLOW opens a final symlink itself, so its type can be told apart from
+        // a file (O_DIRECTORY alone would say ENOTDIR for both).
+        let handle = match sys::openat2(
+            self.workdir.as_raw_fd(),
+            &dir,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            sys::RESOLVE_STRICT,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(open_failure(errno)),
+        };
+        let stat = nix::sys::stat::fstat(&handle).map_err(|_| reason::UNREADABLE)?;
+        self.handle = Some(handle);
+        Ok(Some(meta_of(&stat)))
+    }
+
+    fn open_root(&mut self) -> Result<OwnedFd, &'static str> {
+        let handle = self.handle.as_ref().ok_or(reason::UNREADABLE)?;
+        sys::openat2(handle.as_raw_fd(), c".", OPEN_DIR, sys::RESOLVE_STRICT).map_err(open_failure)
+    }
+
+    fn names(&mut self, dir: &OwnedFd) -> Option<Vec<OsString>> {
+        // The iterator gets its own fd; `dir` stays for the lookups.
+        let mut dir = nix::dir::Dir::from_fd(dir.try_clone().ok()?).ok()?;
+        Some(
+            dir.iter()
+                .filter_map(Result::ok)
+                .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_owned())
+                .filter(|name| name != "." && name != "..")
+                .collect(),
+        )
+    }
+
+    fn stat(&mut self, dir: &OwnedFd, name: &OsStr) -> Option<Meta> {
+        nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|stat| meta_of(&stat))
+    }
+
+    fn open_dir(&mut self, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, &'static str> {
+        let name = CString::new(name.as_bytes()).map_err(|_| reason::UNREADABLE)?;
+        sys::openat2(dir.as_raw_fd(), &name, OPEN_DIR, sys::RESOLVE_STRICT).map_err(open_failure)
+    }
+
+    fn read(&mut self, dir: &OwnedFd, name: &OsStr, meta: &Meta) -> Result<Content, &'static str> {
+        let name = CString::new(name.as_bytes()).map_err(|_| reason::UNREADABLE)?;
+        read_file(dir.as_fd(), &name, meta).map(Content::Bytes)
+    }
 }
 
 /// What a failed `openat2` of an entry means.
@@ -161,119 +417,19 @@ fn open_failure(errno: Errno) -> &'static str {
     }
 }
 
-/// Names in a directory, sorted by bytes, without `.` and `..`.
-fn read_names(dir: OwnedFd) -> Option<Vec<OsString>> {
-    let mut dir = nix::dir::Dir::from_fd(dir).ok()?;
-    let mut names: Vec<OsString> = dir
-        .iter()
-        .filter_map(Result::ok)
-        .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_owned())
-        .filter(|name| name != "." && name != "..")
-        .collect();
-    names.sort();
-    Some(names)
-}
-
-fn walk_dir(walk: &mut Walk<'_>, dir: OwnedFd, prefix: &mut Vec<u8>, depth: usize) {
-    // Keep an fd for lookups; the original goes to the directory iterator.
-    let Ok(lookup) = dir.try_clone() else {
-        return;
-    };
-    let Some(names) = read_names(dir) else {
-        let path = String::from_utf8_lossy(prefix).into_owned();
-        walk.push(path, 0, Err(reason::UNREADABLE));
-        return;
-    };
-    // Non-directories first, then directories; each group keeps the name order.
-    let is_dir = |name: &OsString| {
-        nix::sys::stat::fstatat(
-            lookup.as_fd(),
-            name.as_os_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
-    };
-    let (dirs, others): (Vec<OsString>, Vec<OsString>) = names.into_iter().partition(is_dir);
-    for name in others.into_iter().chain(dirs) {
-        if walk.full {
-            return;
-        }
-        let mark = prefix.len();
-        if !prefix.is_empty() {
-            prefix.push(b'/');
-        }
-        prefix.extend_from_slice(name.as_bytes());
-        visit(walk, lookup.as_fd(), &name, prefix, depth);
-        prefix.truncate(mark);
-    }
-}
-
-fn visit(walk: &mut Walk<'_>, dir: BorrowedFd<'_>, name: &OsStr, path: &mut Vec<u8>, depth: usize) {
-    let shown = String::from_utf8_lossy(path).into_owned();
-    let stat = match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(stat) => stat,
-        Err(_) => return walk.push(shown, 0, Err(reason::UNREADABLE)),
-    };
-    let size = stat.st_size.max(0) as u64;
-    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
-    if kind == SFlag::S_IFLNK {
-        return walk.push(shown, size, Err(reason::SYMLINK));
-    }
-    if stat.st_dev != walk.device {
-        return walk.push(shown, 0, Err(reason::OTHER_MOUNT));
-    }
-    if std::str::from_utf8(path).is_err() {
-        return walk.push(shown, size, Err(reason::NOT_UTF8));
-    }
-    let Ok(c_name) = CString::new(name.as_bytes()) else {
-        return walk.push(shown, size, Err(reason::UNREADABLE));
-    };
-    if kind == SFlag::S_IFDIR {
-        if depth + 1 > COLLECT_MAX_DEPTH {
-            return walk.push(shown, 0, Err(reason::DEPTH));
-        }
-        match sys::openat2(dir.as_raw_fd(), &c_name, OPEN_DIR, sys::RESOLVE_STRICT) {
-            Ok(child) => walk_dir(walk, child, path, depth + 1),
-            Err(errno) => walk.push(shown, 0, Err(open_failure(errno))),
-        }
-        return;
-    }
-    if kind != SFlag::S_IFREG {
-        return walk.push(shown, size, Err(reason::NOT_REGULAR));
-    }
-    if size > walk.caps.max_file_bytes {
-        return walk.push(shown, size, Err(reason::TOO_LARGE));
-    }
-    if walk.total + size > walk.caps.max_total_bytes {
-        return walk.push(shown, size, Err(reason::LIMIT));
-    }
-    match read_file(dir, &c_name, &stat, size) {
-        Ok(bytes) => {
-            walk.total += bytes.len() as u64;
-            walk.push(shown, size, Ok(bytes));
-        }
-        Err(why) => walk.push(shown, size, Err(why)),
-    }
-}
-
-/// Open a regular file found by `fstatat` and read exactly its `size` bytes.
-fn read_file(
-    dir: BorrowedFd<'_>,
-    name: &CString,
-    seen: &FileStat,
-    size: u64,
-) -> Result<Vec<u8>, &'static str> {
+/// Open a regular file found by `fstatat` and read exactly its listed size.
+fn read_file(dir: BorrowedFd<'_>, name: &CString, seen: &Meta) -> Result<Vec<u8>, &'static str> {
     let fd = sys::openat2(dir.as_raw_fd(), name, OPEN_FILE, sys::RESOLVE_STRICT)
         .map_err(open_failure)?;
     // The same inode as the one stat'ed (nothing runs any more, but check anyway).
     let opened = nix::sys::stat::fstat(&fd).map_err(|_| reason::UNREADABLE)?;
-    let kind = SFlag::from_bits_truncate(opened.st_mode) & SFlag::S_IFMT;
-    if kind != SFlag::S_IFREG || opened.st_ino != seen.st_ino || opened.st_dev != seen.st_dev {
+    let opened = meta_of(&opened);
+    if opened.kind != Kind::Regular || opened.inode != seen.inode || opened.device != seen.device {
         return Err(reason::NOT_REGULAR);
     }
-    let mut bytes = Vec::with_capacity(size as usize);
+    let mut bytes = Vec::with_capacity(seen.size as usize);
     std::fs::File::from(fd)
-        .take(size)
+        .take(seen.size)
         .read_to_end(&mut bytes)
         .map_err(|_| reason::UNREADABLE)?;
     Ok(bytes)
@@ -510,32 +666,26 @@ mod tests {
             let out = tmp.path().join("out");
             std::fs::create_dir(&out).unwrap();
             std::fs::write(out.join("b"), "b").unwrap();
-            let dir = std::fs::File::open(&out).unwrap();
+            let dir: OwnedFd = std::fs::File::open(&out).unwrap().into();
             let caps = caps();
             let mut walk = Walk {
                 caps: &caps,
-                files: Vec::new(),
+                out: Collected::default(),
                 total: 0,
-                device: dir
-                    .metadata()
-                    .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-                    .unwrap(),
+                device: nix::sys::stat::fstat(&dir).unwrap().st_dev,
                 full: false,
             };
-            visit(
-                &mut walk,
-                dir.as_fd(),
-                OsStr::new("gone"),
-                &mut b"gone".to_vec(),
-                0,
-            );
-            visit(
-                &mut walk,
-                dir.as_fd(),
-                OsStr::new("b"),
-                &mut b"b".to_vec(),
-                0,
-            );
+            let workdir = std::fs::File::open(tmp.path()).unwrap();
+            let mut tree = FdTree {
+                workdir: workdir.as_fd(),
+                dir: Path::new("out"),
+                handle: None,
+            };
+            for name in ["gone", "b"] {
+                let mut path = name.as_bytes().to_vec();
+                visit(&mut tree, &mut walk, &dir, OsStr::new(name), &mut path, 0);
+            }
+            let walk = walk.out;
             assert_eq!(walk.files[0].skipped.as_deref(), Some(reason::UNREADABLE));
             assert_eq!(content(&walk.files[1]), b"b");
         }

@@ -36,6 +36,8 @@ use nix::errno::Errno;
 pub use child::Layers;
 pub use parent::{LaunchError, thread_count};
 pub use prepare::{PrepareError, SANDBOX_PATH};
+/// `fcntl(F_DUPFD_CLOEXEC)`, for other backends that take a [`RunOptions::cancel`] fd.
+pub(crate) use sys::dup_cloexec;
 
 use crate::result::{
     CgroupIsolation, Isolation, Outcome, RunResult, SetupFailure, Status, Timings, encode_output,

@@ -9,14 +9,18 @@
 //! before it execs the payload:
 //!
 //! ```text
-//! stdin:  "<N>\n" | N bytes: tar of the input files | the payload's stdin ... EOF
-//! stdout: "kakoi-entry 1 ok\n" | the payload's stdout ...
-//!     or: "kakoi-entry 1 error <stage> <ERRNO> <detail>\n"   (exit 125, nothing ran)
+//! stdin:  "<N>[ collect <nonce> <maxdepth> <dir>]\n" | N bytes: tar of the input files
+//!         | the payload's stdin ... EOF
+//! stdout: "kakoi-entry 2 ok\n" | the payload's stdout ...
+//!     or: "kakoi-entry 2 error <stage> <ERRNO> <detail>\n"   (exit 125, nothing ran)
 //! ```
 //!
 //! The status line is written before the payload exists, on the pipe the payload inherits,
 //! so it is always the first line of stdout and the payload cannot forge or interleave it.
-//! Its arrival is also the moment the payload is exec'd (`setup_ms` / `wall_ms` split).
+//! Its arrival is also the moment the payload starts (`setup_ms` / `wall_ms` split).
+//!
+//! With `collect`, the entry is the container's pid 1 and, after the payload, prints an end
+//! marker and a listing of the output directory (see [`super::collect`] and the script).
 
 use std::io::Read as _;
 use std::path::Path;
@@ -26,7 +30,7 @@ use crate::spec::{InputFile, Source};
 /// Where the entry script lives in a worker image.
 pub const ENTRY_PATH: &str = "/usr/local/lib/kakoi/kakoi-entry";
 /// Protocol version: the value of the image label [`super::LABEL_WORKER`].
-pub const PROTOCOL: &str = "1";
+pub const PROTOCOL: &str = "2";
 /// The entry script (embedded into the worker image by `kakoi docker build-image`).
 pub const ENTRY_SCRIPT: &[u8] = include_bytes!("../../../docker/worker/kakoi-entry");
 /// The worker image's Dockerfile.
@@ -179,10 +183,24 @@ pub struct InputError {
     pub source: std::io::Error,
 }
 
-/// The stdin prefix for the entry: `"<N>\n"` and a tar of `files` (mode 0644 like the
-/// native sandbox's copies, parent directories 0755). Destinations are already validated
-/// relative paths without `..`.
-pub fn input_stream_prefix(files: &[InputFile]) -> Result<Vec<u8>, InputError> {
+/// Collect mode of a run, as the entry's header carries it.
+#[derive(Debug, Clone)]
+pub struct CollectHeader<'a> {
+    /// Per-run nonce of the end marker (lowercase hex).
+    pub nonce: &'a str,
+    /// `find -maxdepth` of the listing: one level below the deepest directory entered.
+    pub max_depth: usize,
+    /// The output directory, relative to `/work` (UTF-8, no newline: checked by the caller).
+    pub dir: &'a str,
+}
+
+/// The stdin prefix for the entry: the header line (`"<N>"`, plus the collect fields) and a
+/// tar of `files` (mode 0644 like the native sandbox's copies, parent directories 0755).
+/// Destinations are already validated relative paths without `..`.
+pub fn input_stream_prefix(
+    files: &[InputFile],
+    collect: Option<&CollectHeader<'_>>,
+) -> Result<Vec<u8>, InputError> {
     let mut archive = Vec::new();
     if !files.is_empty() {
         let mut builder = tar::Builder::new(&mut archive);
@@ -240,7 +258,17 @@ pub fn input_stream_prefix(files: &[InputFile]) -> Result<Vec<u8>, InputError> {
         builder.finish().map_err(io("<archive>"))?;
         drop(builder);
     }
-    let mut prefix = format!("{}\n", archive.len()).into_bytes();
+    let mut prefix = match collect {
+        None => format!("{}\n", archive.len()),
+        Some(c) => format!(
+            "{} collect {} {} {}\n",
+            archive.len(),
+            c.nonce,
+            c.max_depth,
+            c.dir
+        ),
+    }
+    .into_bytes();
     prefix.extend_from_slice(&archive);
     Ok(prefix)
 }
@@ -250,22 +278,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_tag_carries_this_recipe() {
+        assert_eq!(env!("KAKOI_WORKER_RECIPE"), recipe_digest());
+        assert!(super::super::DEFAULT_IMAGE.ends_with(&format!("-{}", recipe_digest())));
+    }
+
+    #[test]
     fn status_line_is_split_off_across_frames() {
         let mut s = StatusLine::default();
         assert!(s.feed(b"kakoi-en").as_slice().is_empty());
         assert_eq!(s.status(), None);
-        assert_eq!(s.feed(b"try 1 ok\nhello").as_slice(), b"hello");
+        assert_eq!(s.feed(b"try 2 ok\nhello").as_slice(), b"hello");
         assert_eq!(s.status(), Some(&EntryStatus::Ok));
         assert_eq!(
-            s.feed(b"kakoi-entry 1 ok\n").as_slice(),
-            b"kakoi-entry 1 ok\n"
+            s.feed(b"kakoi-entry 2 ok\n").as_slice(),
+            b"kakoi-entry 2 ok\n"
         );
     }
 
     #[test]
     fn errors_and_garbage_are_reported() {
         let mut s = StatusLine::default();
-        s.feed(b"kakoi-entry 1 error exec ENOENT /work/missing file\n");
+        s.feed(b"kakoi-entry 2 error exec ENOENT /work/missing file\n");
         assert_eq!(
             s.status(),
             Some(&EntryStatus::Error {
@@ -297,7 +331,7 @@ mod tests {
                 dest: "data/sub/x.csv".into(),
             },
         ];
-        let prefix = input_stream_prefix(&files).unwrap();
+        let prefix = input_stream_prefix(&files, None).unwrap();
         let newline = prefix.iter().position(|&b| b == b'\n').unwrap();
         let size: usize = std::str::from_utf8(&prefix[..newline])
             .unwrap()
@@ -322,6 +356,15 @@ mod tests {
                 ("data/sub/x.csv".into(), 0o644, "a,b\n".into()),
             ]
         );
-        assert_eq!(input_stream_prefix(&[]).unwrap(), b"0\n");
+        assert_eq!(input_stream_prefix(&[], None).unwrap(), b"0\n");
+        let header = CollectHeader {
+            nonce: "00ff",
+            max_depth: 17,
+            dir: "out dir/x",
+        };
+        assert_eq!(
+            input_stream_prefix(&[], Some(&header)).unwrap(),
+            b"0 collect 00ff 17 out dir/x\n"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //!  ────                                   ──────
 //!  debootstrap --variant=minbase ─▶ tar   FROM <base>
 //!    (cached: <cache>/rootfs-<suite>-<key>.tar,   + kakoi-entry, user/group 1000 "sandbox",
-//!     key = hash of suite, mirror, packages)      checks sh, head, tar, python3.11
+//!     key = hash of suite, mirror, packages)      checks sh, head, tar, find, ..., python3.11
 //!  docker import ─▶ kakoi-base:<suite>-<key>      label kakoi.worker=<protocol>
 //!  or --rootfs-tar FILE ─▶ kakoi-base:tar-<hash>  ─▶ kakoi-worker:<version>
 //!  or --base-image NAME (already local)
@@ -122,7 +122,7 @@ impl ImageError {
                 "load it first (docker load / docker import), or leave --base-image out to build the Debian base locally".into(),
             ),
             ImageError::Build { message, .. } if message.contains("lacks") => Some(
-                "the base image needs sh, head, tar and python3.11".into(),
+                "the base image needs sh, head, tar, find, chmod, sleep and python3.11".into(),
             ),
             _ => None,
         }

@@ -8,10 +8,11 @@
 //!  validate spec, build the stdin prefix (input files as a tar)       entry.rs
 //!  create container  (labels kakoi.owner/kakoi.run; see container_body for every setting)
 //!  attach stdin+stdout+stderr, start            ── timer starts at start ──
-//!  feed "<N>\n" + tar + stdin, half-close ──────▶ kakoi-entry unpacks into /work,
+//!  feed header + tar + stdin, half-close ────────▶ kakoi-entry unpacks into /work,
 //!                                                 prints its status line, execs the payload
 //!  read frames: status line, stdout/stderr with caps (drain and drop the rest)
-//!  wait ─ exit code; deadline ─ kill (timeout); SIGINT/TERM/HUP ─ kill (cancelled)
+//!  wait ─ exit code; deadline ─ kill (timeout); SIGINT/TERM/HUP, cancel fd or future ─ kill
+//!  (cancelled)    [collecting: end markers + listing ─ tar exec ─ files; kill]   collect.rs
 //!  inspect (OOMKilled, cgroupns), remove the container (force)
 //!  read the per-run parent cgroup (peak memory, CPU), remove it      accounting.rs
 //! ```
@@ -20,24 +21,20 @@
 //! dropped mid-run removes it from a spawned task, and containers of kakoi processes that
 //! died (SIGKILL) are removed when the next [`DockerClient`] connects (owner.rs).
 //!
-//! Returned files (`RunSpec::collect`, not on main yet): `/work` is a tmpfs inside the
-//! container's mount namespace, gone when the container stops, and the archive API cannot
-//! read it even while the container runs (`GET /containers/{id}/archive?path=/work/out` is
-//! "could not find the file" on Docker 20.10: the daemon looks at the layers, not the
-//! container's mounts). The planned design, a change to the entry and to `drive`:
-//! 1. With collection asked for, the entry does not exec the payload but runs it as its
-//!    child (`"$@"; status=$?`) and then writes `kakoi-entry 1 exit <nonce> <status>` on
-//!    stdout (`<nonce>` is per run, passed in the command), and waits.
-//! 2. `drive` looks for that line at the end of the stdout stream (its bytes are not
-//!    payload output), and instead of waiting for the container's exit it execs
-//!    `tar -c -C /work/out .` in the container (exec API) and reads the tar stream with the
-//!    spec's caps: regular files only (tar stores a symlink as a link, so nothing is
-//!    followed; links and special files become `skipped` entries), count and byte caps,
-//!    the rest drained and dropped.
-//! 3. Then the container is killed and removed as on every path. A payload can forge the
-//!    line only for its own run (it can pick its own exit code anyway).
+//! Returned files (`RunSpec::collect`): `/work` is a tmpfs inside the container's mount
+//! namespace, gone when the container stops, and the archive API cannot read it even while
+//! the container runs (`GET /containers/{id}/archive?path=/work/out` is "could not find the
+//! file" on Docker 20.10: the daemon looks at the layers, not the container's mounts). So with
+//! collection asked for, the container runs without docker-init and the entry is its pid 1:
+//! it runs the payload as its child, then kills every other process, prints an end marker and
+//! a listing of the output directory, and waits; `drive` splits the markers off the streams,
+//! applies the native walker's rules to the listing, reads the chosen files with one `tar`
+//! exec, then kills and removes the container as on every path. At the deadline (or on a
+//! cancel) an exec kills every process but the entry, so a timed-out run returns its files
+//! too, as in native mode. See collect.rs and `docker/worker/kakoi-entry`.
 
 mod accounting;
+pub mod collect;
 pub mod entry;
 pub mod image;
 mod owner;
@@ -65,16 +62,25 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::backend::{Backend, BackendError};
 use crate::result::{
-    CgroupIsolation, Isolation, Outcome, RunResult, SetupFailure, Status, Timings, encode_output,
-    signal_name,
+    CgroupIsolation, Isolation, Outcome, OutputFile, RunResult, SetupFailure, Status, Timings,
+    encode_output, signal_name,
 };
 use crate::sandbox::{RunOptions, SANDBOX_PATH};
-use crate::spec::{Network, RunSpec, SANDBOX_ID, Source, SpecError, ValidSpec, WORKDIR};
+use crate::spec::{
+    COLLECT_MAX_DEPTH, Collect, Network, RunSpec, SANDBOX_ID, Source, SpecError, ValidSpec, WORKDIR,
+};
 use entry::{EntryStatus, StatusLine};
 use owner::Owner;
 
-/// The worker image a run uses unless told otherwise (built by `kakoi docker build-image`).
-pub const DEFAULT_IMAGE: &str = concat!("kakoi-worker:", env!("CARGO_PKG_VERSION"));
+/// The worker image a run uses unless told otherwise (built by `kakoi docker build-image`):
+/// `kakoi-worker:<version>-<recipe digest>`, so builds of kakoi with different worker recipes
+/// (entry protocols) each have their own image on a shared engine.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "kakoi-worker:",
+    env!("CARGO_PKG_VERSION"),
+    "-",
+    env!("KAKOI_WORKER_RECIPE")
+);
 /// Container label: the kakoi process that owns it (`<pid>.<start>@<boot id>`).
 pub const LABEL_OWNER: &str = "kakoi.owner";
 /// Container label: the run's name.
@@ -88,6 +94,11 @@ pub const LABEL_RECIPE: &str = "kakoi.recipe";
 /// (the streams close when the container's processes are gone; this only guards a stuck
 /// connection).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Collecting: how long the entry may take to list the files after kakoi killed the
+/// payload at its deadline (or on a cancel) before the container is killed instead.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Collecting: how long reading the chosen files may take.
+const READ_FILES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of a [`DockerClient`].
 #[derive(Debug, Clone)]
@@ -184,6 +195,15 @@ pub enum DockerError {
     /// The async runtime could not be created.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// [`RunOptions::cancel`] is not an open fd.
+    #[error("cannot use cancel fd {fd}")]
+    CancelFd {
+        /// The fd.
+        fd: i32,
+        /// Cause.
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// The synchronous API was called from inside an async runtime.
     #[error("DockerBackend::run_with was called inside an async runtime; use DockerClient::run")]
     InsideRuntime,
@@ -321,12 +341,83 @@ struct Observed {
     stderr: Capture,
     status_line: StatusLine,
     exec_at: Option<Instant>,
+    /// When the payload ended: the container's exit, or (collecting) the end marker.
     exit_at: Option<Instant>,
+    /// The container's exit code.
     exit_code: Option<i64>,
+    /// Collecting: the payload's exit status, from the end marker.
+    payload_status: Option<i64>,
     timed_out: bool,
     cancelled: bool,
     /// The signal that cancelled the run.
     cancel_signal: Option<i32>,
+    /// Collect mode: the end markers and the listing.
+    collecting: Option<Collecting>,
+    /// Returned files.
+    files: Vec<OutputFile>,
+}
+
+/// Collect mode's view of the output streams (see collect.rs).
+#[derive(Debug)]
+struct Collecting {
+    stdout: collect::Marker,
+    stderr: collect::Marker,
+    listing: collect::ListingStream,
+}
+
+impl Collecting {
+    fn new(nonce: &str) -> Collecting {
+        Collecting {
+            stdout: collect::Marker::new(nonce),
+            stderr: collect::Marker::new(nonce),
+            listing: collect::ListingStream::default(),
+        }
+    }
+
+    /// Both streams are past their markers and the listing is complete.
+    fn listed(&self) -> bool {
+        self.stdout.found() && self.stderr.found() && self.listing.complete()
+    }
+}
+
+impl Observed {
+    /// The payload has not ended as far as the streams tell.
+    fn payload_running(&self) -> bool {
+        !self.collecting.as_ref().is_some_and(|c| c.stdout.found())
+    }
+
+    fn stdout_frame(&mut self, message: &[u8]) {
+        let had_status = self.status_line.status().is_some();
+        let payload = self.status_line.feed(message);
+        if !had_status && self.status_line.status().is_some() {
+            self.exec_at = Some(Instant::now());
+        }
+        match &mut self.collecting {
+            None => self.stdout.push(payload.as_slice()),
+            Some(c) => {
+                let was_found = c.stdout.found();
+                let (before, after) = c.stdout.feed(payload.as_slice());
+                self.stdout.push(&before);
+                if c.stdout.found() {
+                    if !was_found {
+                        self.exit_at = Some(Instant::now());
+                    }
+                    c.listing.push(&after);
+                }
+            }
+        }
+    }
+
+    fn stderr_frame(&mut self, message: &[u8]) {
+        match &mut self.collecting {
+            None => self.stderr.push(message),
+            Some(c) => {
+                // What the entry writes after its marker is not the payload's.
+                let (before, _after) = c.stderr.feed(message);
+                self.stderr.push(&before);
+            }
+        }
+    }
 }
 
 /// One output stream with its cap.
@@ -518,12 +609,18 @@ impl DockerClient {
     ) -> Result<(RunResult, Option<i32>), DockerError> {
         let started = Instant::now();
         let spec = spec.validate()?;
-        if spec.collect.is_some() {
-            // Never return an empty `files` that only looks like "the program wrote nothing".
-            return Err(DockerError::Unsupported {
-                what: "returned files (collect)",
-            });
-        }
+        let collect_dir = match &spec.collect {
+            None => None,
+            Some(c) => match c.dir.to_str() {
+                Some(dir) if !dir.contains('\n') => Some(dir.to_owned()),
+                _ => {
+                    return Err(DockerError::NotUtf8 {
+                        what: "collect directory (without a newline)",
+                        value: c.dir.clone().into_os_string(),
+                    });
+                }
+            },
+        };
         let argv = spec
             .argv
             .iter()
@@ -536,7 +633,20 @@ impl DockerClient {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let prefix = entry::input_stream_prefix(&spec.files)?;
+        let nonce = collect_dir
+            .as_ref()
+            .map(|_| uuid::Uuid::new_v4().simple().to_string());
+        let header = collect_dir
+            .as_deref()
+            .zip(nonce.as_deref())
+            .map(|(dir, nonce)| entry::CollectHeader {
+                nonce,
+                // find's depth counts the output directory as 0: list one level below the
+                // deepest directory the walker enters, so it can report `depth`.
+                max_depth: COLLECT_MAX_DEPTH + 1,
+                dir,
+            });
+        let prefix = entry::input_stream_prefix(&spec.files, header.as_ref())?;
         let stdin = match &spec.stdin {
             None => Vec::new(),
             Some(Source::Bytes(bytes)) => bytes.clone(),
@@ -570,7 +680,17 @@ impl DockerClient {
         };
 
         let observed = self
-            .drive(&id, &spec, Input { prefix, stdin }, options, cancel)
+            .drive(
+                &id,
+                &spec,
+                Input {
+                    prefix,
+                    stdin,
+                    nonce,
+                },
+                options,
+                cancel,
+            )
             .await;
         let inspected = self
             .docker
@@ -597,7 +717,10 @@ impl DockerClient {
             .is_some_and(|m| m == HostConfigCgroupnsModeEnum::PRIVATE);
         let facts = Facts {
             oom_killed: state.oom_killed.unwrap_or(false),
-            exit_code: observed.exit_code.or(state.exit_code),
+            exit_code: observed
+                .payload_status
+                .or(observed.exit_code)
+                .or(state.exit_code),
             stats,
             cgroupns_private,
         };
@@ -681,7 +804,8 @@ impl DockerClient {
             // No seccomp option: Docker's default profile applies.
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             // docker-init (tini) as pid 1 reaps orphans and forwards signals, like kakoi's init.
-            init: Some(true),
+            // Collecting, the entry is pid 1 instead (it outlives the payload, see entry.rs).
+            init: Some(spec.collect.is_none()),
             // Output is taken from the attached streams only; nothing is kept on disk.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("none".into()),
@@ -716,7 +840,8 @@ impl DockerClient {
         }
     }
 
-    /// Attach, start, feed stdin, read output, enforce the deadline, wait for the exit.
+    /// Attach, start, feed stdin, read output, enforce the deadline, wait for the exit (or,
+    /// collecting, for the entry's listing; then read the files and kill the container).
     async fn drive(
         &self,
         id: &str,
@@ -725,7 +850,11 @@ impl DockerClient {
         options: RunOptions,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<Observed, DockerError> {
-        let Input { prefix, stdin } = input;
+        let Input {
+            prefix,
+            stdin,
+            nonce,
+        } = input;
         let mut cancel = std::pin::pin!(cancel);
         let attached = self
             .docker
@@ -767,6 +896,7 @@ impl DockerClient {
         let mut o = Observed {
             stdout: Capture::new(spec.output_limit, passthrough.then_some(Stream::Stdout)),
             stderr: Capture::new(spec.output_limit, passthrough.then_some(Stream::Stderr)),
+            collecting: nonce.as_deref().map(Collecting::new),
             ..Observed::default()
         };
         let mut wait = self.docker.wait_container(
@@ -777,18 +907,17 @@ impl DockerClient {
         );
         let mut output_done = false;
         let mut drain_until: Option<tokio::time::Instant> = None;
+        // Collecting, after the deadline or a cancel: how long the entry may take to list.
+        let mut stop_until: Option<tokio::time::Instant> = None;
         while !(output_done && o.exit_code.is_some()) {
+            if o.collecting.as_ref().is_some_and(Collecting::listed) {
+                break;
+            }
+            let running = !o.timed_out && !o.cancelled && o.exit_code.is_none();
             tokio::select! {
                 frame = output.next(), if !output_done => match frame {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        let had_status = o.status_line.status().is_some();
-                        let payload = o.status_line.feed(&message);
-                        if !had_status && o.status_line.status().is_some() {
-                            o.exec_at = Some(Instant::now());
-                        }
-                        o.stdout.push(payload.as_slice());
-                    }
-                    Some(Ok(LogOutput::StdErr { message })) => o.stderr.push(&message),
+                    Some(Ok(LogOutput::StdOut { message })) => o.stdout_frame(&message),
+                    Some(Ok(LogOutput::StdErr { message })) => o.stderr_frame(&message),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::warn!("container output stream failed: {e}");
@@ -797,7 +926,7 @@ impl DockerClient {
                     None => output_done = true,
                 },
                 exit = wait.next(), if o.exit_code.is_none() => {
-                    o.exit_at = Some(Instant::now());
+                    o.exit_at.get_or_insert_with(Instant::now);
                     o.exit_code = Some(match exit {
                         Some(Ok(response)) => response.status_code,
                         Some(Err(ApiError::DockerContainerWaitError { code, .. })) => code,
@@ -806,22 +935,27 @@ impl DockerClient {
                     });
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 }
-                () = tokio::time::sleep_until(deadline), if !o.timed_out && !o.cancelled && o.exit_code.is_none() => {
+                () = tokio::time::sleep_until(deadline), if running && o.payload_running() => {
                     o.timed_out = true;
-                    self.kill(id).await?;
+                    stop_until = self.stop(id, spec, &o).await?;
                 }
                 () = sleep_until_opt(drain_until), if drain_until.is_some() && !output_done => {
                     tracing::warn!("output still open {DRAIN_AFTER_EXIT:?} after the container exited; stopped reading");
                     output_done = true;
                 }
-                signal = wait_signal(&mut signals), if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
-                    o.cancelled = true;
-                    o.cancel_signal = Some(signal);
+                () = sleep_until_opt(stop_until), if stop_until.is_some() && o.exit_code.is_none() => {
+                    tracing::warn!("the entry did not list the returned files within {STOP_GRACE:?}; killing the container");
+                    stop_until = None;
                     self.kill(id).await?;
                 }
-                () = &mut cancel, if !o.cancelled && !o.timed_out && o.exit_code.is_none() => {
+                signal = wait_signal(&mut signals), if running && o.payload_running() => {
                     o.cancelled = true;
-                    self.kill(id).await?;
+                    o.cancel_signal = Some(signal);
+                    stop_until = self.stop(id, spec, &o).await?;
+                }
+                () = &mut cancel, if running && o.payload_running() => {
+                    o.cancelled = true;
+                    stop_until = self.stop(id, spec, &o).await?;
                 }
             }
         }
@@ -831,8 +965,183 @@ impl DockerClient {
             let partial = o.status_line.take_partial();
             o.stdout.push(&partial);
         }
+        if let Some(c) = &mut o.collecting {
+            let (out, err) = (c.stdout.finish(), c.stderr.finish());
+            o.stdout.push(&out);
+            o.stderr.push(&err);
+        }
         let _ = std::io::stdout().flush();
+        if let (Some(c), Some(caps)) = (&o.collecting, &spec.collect)
+            && c.listed()
+        {
+            o.payload_status = c.listing.status();
+            o.files = self.read_files(id, caps, c).await;
+            // Done with the container: kill it and wait for the engine to see it stop, so
+            // `inspect` has its final state (OOMKilled).
+            self.kill(id).await?;
+            if o.exit_code.is_none() {
+                let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, wait.next()).await;
+            }
+        }
         Ok(o)
+    }
+
+    /// End the payload at its deadline or on a cancel. Without collection, or before the
+    /// payload started, the container is killed. Collecting, every process but the entry
+    /// (pid 1) is killed by an exec, so the entry lists the files as after a normal end;
+    /// returns how long it may take. The pids limit is raised first by a few, so a payload
+    /// that used up its limit cannot stop the exec (it dies right after).
+    async fn stop(
+        &self,
+        id: &str,
+        spec: &ValidSpec,
+        o: &Observed,
+    ) -> Result<Option<tokio::time::Instant>, DockerError> {
+        if o.collecting.is_none() || o.exec_at.is_none() {
+            self.kill(id).await?;
+            return Ok(None);
+        }
+        let pids = i64::try_from(spec.pids).unwrap_or(i64::MAX - 8);
+        let update = bollard::models::ContainerUpdateBody {
+            pids_limit: Some(pids + 8),
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.update_container(id, update).await {
+            tracing::warn!("cannot raise the pids limit of {id} to stop its payload: {e}");
+        }
+        let killed = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    id,
+                    bollard::models::ExecConfig {
+                        cmd: Some(vec!["sh".into(), "-c".into(), "kill -KILL -1".into()]),
+                        user: Some(format!("{SANDBOX_ID}:{SANDBOX_ID}")),
+                        attach_stdout: Some(false),
+                        attach_stderr: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            self.docker
+                .start_exec(
+                    &exec.id,
+                    Some(bollard::exec::StartExecOptions {
+                        detach: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match killed {
+            Ok(()) => Ok(Some(tokio::time::Instant::now() + STOP_GRACE)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot stop the payload of {id} through an exec ({e}); killing the container"
+                );
+                self.kill(id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Apply the returned-files rules to the entry's listing and read the chosen files with
+    /// one `tar` exec (see collect.rs). Never fails: what cannot be read is `unreadable`.
+    async fn read_files(&self, id: &str, caps: &Collect, c: &Collecting) -> Vec<OutputFile> {
+        let mut collected = c.listing.listing().walk(caps);
+        if collected.deferred.is_empty() {
+            return collected.files;
+        }
+        let cap = collect::archive_cap(&collected.files, &collected.deferred);
+        let names = collect::tar_names(&collected.deferred);
+        let dir = format!("{WORKDIR}/{}", caps.dir.display());
+        match tokio::time::timeout(READ_FILES_TIMEOUT, self.read_archive(id, &dir, names, cap))
+            .await
+        {
+            Ok(Ok(archive)) => collect::fill(&mut collected, &archive),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the returned files of {id}: {e}");
+                collect::give_up(&mut collected);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading the returned files of {id} took more than {READ_FILES_TIMEOUT:?}"
+                );
+                collect::give_up(&mut collected);
+            }
+        }
+        collected.files
+    }
+
+    /// `tar -c` of `names` (NUL-separated, relative to `dir`) in the container, as uid 1000;
+    /// at most `cap` bytes of it.
+    async fn read_archive(
+        &self,
+        id: &str,
+        dir: &str,
+        names: Vec<u8>,
+        cap: usize,
+    ) -> Result<Vec<u8>, ApiError> {
+        let cmd = [
+            "tar",
+            "-c",
+            "-f",
+            "-",
+            "--no-recursion",
+            "--hard-dereference",
+            "--null",
+            "--verbatim-files-from",
+            "--no-unquote",
+            "-C",
+            dir,
+            "-T",
+            "-",
+        ];
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                bollard::models::ExecConfig {
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    user: Some(format!("{SANDBOX_ID}:{SANDBOX_ID}")),
+                    working_dir: Some(WORKDIR.into()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let started = self.docker.start_exec(&exec.id, None).await?;
+        let bollard::exec::StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Ok(Vec::new());
+        };
+        let writer = tokio::spawn(async move {
+            let _ = async {
+                input.write_all(&names).await?;
+                input.shutdown().await
+            }
+            .await;
+        });
+        let mut archive = Vec::new();
+        while let Some(frame) = output.next().await {
+            if let LogOutput::StdOut { message } = frame? {
+                let room = cap.saturating_sub(archive.len());
+                archive.extend_from_slice(&message[..message.len().min(room)]);
+                if message.len() > room {
+                    tracing::warn!("the archive of returned files went over {cap} bytes; cut");
+                    break;
+                }
+            }
+        }
+        writer.abort();
+        Ok(archive)
     }
 
     async fn kill(&self, id: &str) -> Result<(), DockerError> {
@@ -948,7 +1257,7 @@ impl DockerClient {
             },
             isolation: self.isolation(spec, facts.cgroupns_private, facts.stats.is_some()),
             backend: "docker".into(),
-            files: vec![],
+            files: o.files,
             env: None,
             lint: None,
             format: None,
@@ -1016,10 +1325,12 @@ impl DockerClient {
 
 /// What is fed to the container's stdin.
 struct Input {
-    /// `"<N>\n"` and the tar of the input files.
+    /// The header line and the tar of the input files.
     prefix: Vec<u8>,
     /// The request's stdin.
     stdin: Vec<u8>,
+    /// Collecting: the end marker's nonce.
+    nonce: Option<String>,
 }
 
 /// Engine facts about one finished container.
@@ -1104,6 +1415,52 @@ async fn wait_signal(signals: &mut Option<Signals>) -> i32 {
     }
 }
 
+/// Watches a [`RunOptions::cancel`] fd from a blocking thread with poll(2), as the native
+/// sandbox does: readable, hung up or in error means cancel. Dropping the watch (its wake
+/// pipe's write end) ends the thread.
+struct CancelWatch {
+    fired: tokio::task::JoinHandle<bool>,
+    _wake: std::os::fd::OwnedFd,
+}
+
+impl CancelWatch {
+    fn new(fd: std::os::fd::OwnedFd) -> Result<CancelWatch, DockerError> {
+        let (wake_read, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|source| DockerError::CancelFd { fd: -1, source })?;
+        let fired = tokio::task::spawn_blocking(move || {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            use std::os::fd::AsFd as _;
+            loop {
+                let mut fds = [
+                    PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(wake_read.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {
+                        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                            return true;
+                        }
+                        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                            return false;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return false,
+                }
+            }
+        });
+        Ok(CancelWatch { fired, _wake: wake })
+    }
+
+    /// Completes when the fd fired; never if the watch ended otherwise.
+    async fn fired(&mut self) {
+        if matches!((&mut self.fired).await, Ok(true)) {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1162,8 +1519,23 @@ impl DockerBackend {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(DockerError::InsideRuntime);
         }
-        self.runtime
-            .block_on(self.client.run_reporting_signal(spec, options))
+        // Our own duplicate, so the wait holds an fd it owns (a bad fd fails here).
+        let cancel = options
+            .cancel
+            .map(|fd| {
+                crate::sandbox::dup_cloexec(fd)
+                    .map_err(|source| DockerError::CancelFd { fd, source })
+            })
+            .transpose()?;
+        self.runtime.block_on(async {
+            match cancel {
+                None => self.client.run_reporting_signal(spec, options).await,
+                Some(fd) => {
+                    let mut watch = CancelWatch::new(fd)?;
+                    self.client.run_until(spec, options, watch.fired()).await
+                }
+            }
+        })
     }
 }
 
