@@ -126,7 +126,10 @@ pub struct CgroupIsolation {
     /// Why there is no cgroup, when there is none.
     pub reason: Option<String>,
     /// How the sandbox entered its cgroup: `clone_into` (born in it, cgroup v2
-    /// `CLONE_INTO_CGROUP`) or `migrate` (moved in before it was released to exec, v1).
+    /// `CLONE_INTO_CGROUP`), `move_self` (v1: the single-threaded child wrote `0` to each
+    /// hierarchy's `tasks` right after clone, the migration without the global lock),
+    /// `migrate` (v1 fallback: the launcher moved it in by pid before releasing it to exec) or
+    /// `prewarmed` (born in a cgroup a pre-warmed stub had already entered).
     #[serde(default)]
     pub attach: Option<String>,
 }

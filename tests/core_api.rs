@@ -603,7 +603,7 @@ fn prewarmed_runs_keep_every_limit_and_leave_nothing_behind() {
         if r["cgroup"]["attach"] == "prewarmed" {
             prewarmed += 1;
         } else {
-            assert_eq!(r["cgroup"]["attach"], "migrate", "run {i}: {r}");
+            assert_eq!(r["cgroup"]["attach"], "move_self", "run {i}: {r}");
         }
         // The next run's cgroup and its stub exist between requests.
         await_run_names(&launchers, 1, &format!("run {i}"));

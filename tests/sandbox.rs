@@ -1132,6 +1132,12 @@ fn timings_and_isolation_are_reported() {
     let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
         && !Path::new("/sys/fs/cgroup/memory").exists();
     assert_eq!(i.cgroup.version, if v2 { "v2" } else { "v1" });
+    // v2: born in the cgroup; v1: the child moved itself in through the launcher's `tasks`
+    // fds (no global lock), which the peak memory above, read from that cgroup, confirms.
+    assert_eq!(
+        i.cgroup.attach.as_deref(),
+        Some(if v2 { "clone_into" } else { "move_self" })
+    );
     for c in ["memory", "pids", "cpu"] {
         assert!(
             i.cgroup.controllers.iter().any(|x| x == c),

@@ -977,6 +977,8 @@ fn a_bearer_token_guards_everything_but_health() {
         let body = json!({"code": "print('authorized')"});
         let r = c.post(s.url("/run")).json(&body).send().await.unwrap();
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        // Refused from the headers with the body unread: the connection is not reused.
+        assert_eq!(r.headers()["connection"], "close");
         let st = r.status().as_u16();
         assert_error(st, &r.json().await.unwrap(), 401, "unauthorized");
         let r = c

@@ -70,9 +70,10 @@ pub struct BenchArgs {
     /// be included: it is the reference).
     #[arg(long, value_delimiter = ',', default_value = "bare,kakoi,bwrap,docker")]
     pub backends: Vec<String>,
-    /// Parallel runs for the throughput test (empty: skip it).
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-    pub concurrency: Vec<usize>,
+    /// Parallel runs for the throughput test, comma-separated (empty, `--concurrency=`:
+    /// skip it).
+    #[arg(long, default_value = "1,4,16", value_parser = parse_parallelism)]
+    pub concurrency: Parallelism,
     /// Runs per throughput batch, at least (rounded up to a multiple of the parallelism).
     #[arg(long, default_value_t = 32)]
     pub concurrency_runs: usize,
@@ -355,7 +356,7 @@ impl BenchArgs {
             .find(|w| w.name == self.concurrency_workload)
             .copied()
             .unwrap_or(*bench::workload(&self.concurrency_workload).expect("validated"));
-        for (k, &parallel) in self.concurrency.iter().enumerate() {
+        for (k, &parallel) in self.concurrency.0.iter().enumerate() {
             let n = infos.len();
             for i in 0..n {
                 let info = &infos[(i + k) % n];
@@ -422,7 +423,7 @@ impl BenchArgs {
                 runs: self.runs,
                 warmup: self.warmup,
                 workloads: self.workloads.clone(),
-                concurrency: self.concurrency.clone(),
+                concurrency: self.concurrency.0.clone(),
                 concurrency_runs: self.concurrency_runs,
                 concurrency_workload: self.concurrency_workload.clone(),
                 cold_runs: if needs_env { self.cold_runs } else { 0 },
@@ -483,7 +484,7 @@ impl BenchArgs {
         if !self.backends.iter().any(|b| b == "bare") {
             bail!("--backends must include bare: every ratio is relative to it");
         }
-        if self.concurrency.contains(&0) {
+        if self.concurrency.0.contains(&0) {
             bail!("--concurrency levels must be at least 1");
         }
         if self.concurrency_runs == 0 {
@@ -971,6 +972,13 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_lists_parse_and_an_empty_one_skips() {
+        assert_eq!(parse_parallelism("1,4,16"), Ok(Parallelism(vec![1, 4, 16])));
+        assert_eq!(parse_parallelism(""), Ok(Parallelism(vec![])));
+        assert!(parse_parallelism("4,x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
     fn commands_per_backend() {
         let c = ctx();
         let pass = bench::workload("pass").unwrap();
@@ -1042,4 +1050,20 @@ mod tests {
         assert!(which(Path::new("kakoi-no-such-program")).is_none());
         assert!(which(Path::new("/nonexistent/bwrap")).is_none());
     }
+}
+
+/// The `--concurrency` list (a single argument, so that an empty one can mean "none").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parallelism(pub Vec<usize>);
+
+fn parse_parallelism(s: &str) -> Result<Parallelism, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<usize>()
+                .map_err(|e| format!("{p:?} is not a number of parallel runs: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Parallelism)
 }

@@ -20,7 +20,7 @@ pub const SETUP_FAILED: i32 = 125;
 
 /// The fds the child works with (raw: the child must not run `OwnedFd` destructors).
 #[derive(Debug, Clone, Copy)]
-pub struct ChildFds {
+pub struct ChildFds<'a> {
     /// The child's end of the report socket.
     pub report: RawFd,
     /// Write end of the stdout pipe.
@@ -29,6 +29,8 @@ pub struct ChildFds {
     pub stderr: RawFd,
     /// One more fd to keep open across the fd cleanup (the Landlock ruleset).
     pub keep: Option<RawFd>,
+    /// Write-only v1 `tasks` files of the run's cgroup: the child moves itself in.
+    pub cgroup_tasks: &'a [RawFd],
 }
 
 /// The kernel layers applied at the end of the checklist, prepared by the parent.
@@ -59,7 +61,7 @@ fn wait_for_parent(report: RawFd, stage: Stage) {
 }
 
 /// The checklist. Order is fixed here, never taken from configuration.
-pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
+pub fn run(p: &Prepared, fds: ChildFds<'_>, layers: &Layers<'_>) -> ! {
     let r = fds.report;
     let step = |stage: Stage, result: sys::SysResult<()>| {
         if let Err(e) = result {
@@ -73,6 +75,16 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
         Stage::ParentDeathSignal,
         sys::set_parent_death_signal(libc::SIGKILL),
     );
+    // Join the run's cgroup (v1) while the parent writes the id maps: `0` moves the calling
+    // thread, which is this whole process (cloned from a single-threaded launcher), and is
+    // the one migration the kernel does without its global lock and RCU grace period. The
+    // fds were opened by the launcher, whose credentials the kernel checks.
+    for (index, &tasks) in fds.cgroup_tasks.iter().enumerate() {
+        if let Err(e) = sys::write_all(tasks, b"0") {
+            fail(r, Stage::CgroupJoin, index as u32, e);
+        }
+        sys::close(tasks);
+    }
     // Wait until the parent has written uid_map/gid_map (nothing is mapped before).
     wait_for_parent(r, Stage::WaitRelease);
 
@@ -152,8 +164,8 @@ pub fn run(p: &Prepared, fds: ChildFds, layers: &Layers<'_>) -> ! {
     );
     step(Stage::Chdir, sys::chdir(&p.workdir));
 
-    // 6. Wait until the parent has put us in the run's cgroup, then make that cgroup our
-    //    cgroup namespace root (so /proc/self/cgroup shows "/").
+    // 6. Wait until we are in the run's cgroup (the parent's attach, when it had to move us
+    //    by pid), then make that cgroup our cgroup namespace root (/proc/self/cgroup: "/").
     wait_for_parent(r, Stage::WaitCgroup);
     step(Stage::CgroupNamespace, sys::unshare(libc::CLONE_NEWCGROUP));
 

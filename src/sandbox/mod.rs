@@ -5,10 +5,11 @@
 //!  launcher (single-threaded)                     child (pid 1 in new namespaces)
 //!  ─────────────────────────                      ───────────────────────────────
 //!  validate spec, prepare plan, create cgroup
-//!  clone3(NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS[, INTO_CGROUP]) ──▶ PDEATHSIG, wait
+//!  clone3(NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS[, INTO_CGROUP]) ──▶ PDEATHSIG,
+//!                                                   "0" > tasks (v1 cgroup), wait
 //!  write setgroups/uid_map/gid_map
 //!  release 1 ─────────────────────────────────────▶ setsid, stdio, build root, pivot_root
-//!  attach cgroup (v1), release 2 ─────────────────▶ NEWCGROUP, rlimits, close fds,
+//!  [attach by pid (v1 fallback)], release 2 ──────▶ NEWCGROUP, rlimits, close fds,
 //!                                                   uid/gid 1000, drop caps, no_new_privs,
 //!                                                   Landlock, seccomp
 //!  poll: output, timeout, reports ◀── ExecOk ─────── init: fork + exec payload, reap, forward
@@ -561,7 +562,15 @@ impl Sandbox {
                 run_ms: ms(payload_end.saturating_duration_since(exec_at)),
                 cleanup_ms: teardown_ms + cleanup_ms,
             },
-            isolation: self.isolation(spec, prepared),
+            isolation: {
+                let mut isolation = self.isolation(spec, prepared);
+                if let Some(entry) = o.cgroup_entry
+                    && isolation.cgroup.attach.is_some()
+                {
+                    isolation.cgroup.attach = Some(entry.into());
+                }
+                isolation
+            },
             backend: "native".into(),
             files: vec![],
             env: None,

@@ -2,7 +2,7 @@
 //! cgroup, then enforce the wall clock and drain the output until the init is gone.
 
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -51,6 +51,9 @@ pub struct Observed {
     pub workdir: Option<OwnedFd>,
     /// The caller cancelled the run and the sandbox was killed.
     pub cancelled: bool,
+    /// How the sandbox entered its cgroup ([`CgroupEntry::name`]), when the launcher put it
+    /// in one (not for a pre-warmed stub's child, which is born there).
+    pub cgroup_entry: Option<&'static str>,
 }
 
 /// Errors of the launcher itself (not of the payload).
@@ -177,6 +180,16 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
         Some(CgroupEntry::CloneInto(fd)) => Some(fd.as_raw_fd()),
         _ => None,
     };
+    // v1: the child moves itself in through these (no global lock; see `open_self_move`).
+    let self_move = match (params.cgroup, entry) {
+        (Some(cgroup), Some(CgroupEntry::Migrate)) => cgroup.open_self_move(),
+        _ => None,
+    };
+    let tasks: Vec<RawFd> = self_move.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+    let entry = match entry {
+        Some(CgroupEntry::Migrate) if self_move.is_some() => Some(CgroupEntry::MoveSelf),
+        other => other,
+    };
     // A pooled network namespace is joined by the launcher itself just for the clone (the
     // sandbox's user namespace could not join one owned by the host's), then left again.
     if let Some((pool, namespace)) = params.join_netns {
@@ -198,12 +211,13 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
                 keep: params.keep_fd,
+                cgroup_tasks: &tasks,
             };
             child::run(p, fds, params.layers)
         }
         sys::Cloned::Parent { pid, pidfd } => (pid, pidfd),
     };
-    drop((child_sock, out_w, err_w));
+    drop((child_sock, out_w, err_w, self_move));
     let mut guard = KillOnDrop {
         pidfd: pidfd.as_fd(),
         pid,
@@ -223,7 +237,8 @@ pub fn launch(params: &LaunchParams<'_>) -> Result<Observed, LaunchError> {
     // Release 2: in the cgroup; the child may go on to its limits and exec.
     let _ = sys::write_all(parent_sock.as_raw_fd(), &[2]);
 
-    let observed = supervise(params, pid, &pidfd, parent_sock, out_r, err_r)?;
+    let mut observed = supervise(params, pid, &pidfd, parent_sock, out_r, err_r)?;
+    observed.cgroup_entry = entry.map(|e| e.name());
     guard.armed = false;
     Ok(observed)
 }
@@ -487,6 +502,7 @@ fn supervise(
         payload_exit_at,
         workdir,
         cancelled,
+        cgroup_entry: None,
     })
 }
 

@@ -85,11 +85,13 @@ pub enum Stage {
     Fork,
     /// execve of the payload.
     Exec,
+    /// The child moving itself into its v1 cgroup (detail = hierarchy index).
+    CgroupJoin,
 }
 
 impl Stage {
     /// Every stage, for decoding.
-    pub const ALL: [Stage; 28] = [
+    pub const ALL: [Stage; 29] = [
         Stage::WaitRelease,
         Stage::ParentDeathSignal,
         Stage::Setsid,
@@ -118,6 +120,7 @@ impl Stage {
         Stage::InitSignals,
         Stage::Fork,
         Stage::Exec,
+        Stage::CgroupJoin,
     ];
 
     /// Decode a wire number.
@@ -156,6 +159,7 @@ impl Stage {
             Stage::InitSignals => "init-signals",
             Stage::Fork => "fork",
             Stage::Exec => "exec",
+            Stage::CgroupJoin => "cgroup-join",
         }
     }
 }

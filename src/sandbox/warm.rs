@@ -159,15 +159,14 @@ impl Sandbox {
         {
             sys::exit(0);
         }
-        // Creating the cgroup and the grace period of the move are paid here, not by the
-        // launcher.
+        // Creating the cgroup and moving in are paid here, not by the launcher.
         let placeholder = CgroupLimits {
             memory_bytes: DEFAULT_MEMORY,
             pids: DEFAULT_PIDS + 1,
             cpu_millicores: 1000,
         };
         if cgroup.create_planned(&placeholder).is_err()
-            || cgroup.attach(std::process::id() as i32).is_err()
+            || cgroup.enter_self().is_err()
             || sock.write_all(b"R").is_err()
         {
             sys::exit(1);

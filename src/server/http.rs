@@ -329,7 +329,19 @@ async fn request_context(State(app): State<AppState>, req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    if rejected_before_the_body(status) {
+        // The request body may still be unread (or half sent). hyper then closes the
+        // connection after the response without saying so, and a client that reuses it for
+        // its next request sees "server disconnected". Say it, so the client opens a new one.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
+}
+
+/// Statuses answered from the headers alone (auth, Host/Origin checks, method, size, type).
+fn rejected_before_the_body(status: u16) -> bool {
+    matches!(status, 401 | 403 | 405 | 411 | 413 | 415 | 421)
 }
 
 /// Read a body, failing with 413 as soon as it goes over `limit` bytes.

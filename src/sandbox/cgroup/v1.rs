@@ -255,6 +255,22 @@ impl RunCgroup for V1Run {
         Ok(())
     }
 
+    fn open_self_move(&self) -> Option<Vec<std::os::fd::OwnedFd>> {
+        let mut fds = Vec::with_capacity(self.dirs.len());
+        for dir in &self.dirs {
+            let tasks = dir.path.join("tasks");
+            // std opens with O_CLOEXEC: the child writes and closes them before exec anyway.
+            match std::fs::OpenOptions::new().write(true).open(&tasks) {
+                Ok(file) => fds.push(std::os::fd::OwnedFd::from(file)),
+                Err(e) => {
+                    tracing::debug!("cannot open {} ({e}); attaching by pid", tasks.display());
+                    return None;
+                }
+            }
+        }
+        Some(fds)
+    }
+
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         self.apply(limits)
     }
@@ -540,6 +556,35 @@ mod tests {
             assert_eq!(read(dir.join("cgroup.procs")), "999999999");
             // The fake kernel never removes the pid: empty it so destroy can finish.
             std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        }
+        run.destroy().unwrap();
+    }
+
+    #[test]
+    fn self_move_opens_every_hierarchys_tasks_file_or_none() {
+        use std::io::Write as _;
+        let host = fake_v1(true, false);
+        let run = driver(&host).create(&LIMITS).unwrap();
+        let name = run_name(run.as_ref());
+        let dirs: Vec<PathBuf> = host
+            .mounts
+            .values()
+            .map(|mount| mount.join("kakoi").join(&name))
+            .filter(|dir| dir.is_dir())
+            .collect();
+        assert!(dirs.len() >= 3, "{dirs:?}");
+        // The fake kernel has no `tasks` yet: the caller must fall back to attach by pid.
+        assert!(run.open_self_move().is_none());
+        for dir in &dirs {
+            std::fs::write(dir.join("tasks"), "").unwrap();
+        }
+        let fds = run.open_self_move().expect("tasks files exist");
+        assert_eq!(fds.len(), dirs.len());
+        for fd in fds {
+            std::fs::File::from(fd).write_all(b"0").unwrap();
+        }
+        for dir in &dirs {
+            assert_eq!(read(dir.join("tasks")), "0");
         }
         run.destroy().unwrap();
     }
