@@ -938,9 +938,9 @@ fn notes() -> Vec<String> {
         "kakoi and docker rows include the kakoi CLI's own process start; docker rows also \
          include the Engine API round trips and the container's creation and removal"
             .into(),
-        "on cgroup v1 a CLI run's cgroup attach waits for an RCU grace period (~10 ms on a busy \
-         host) unless `kakoi doctor --enable-favordynmods` is applied; a warm launcher \
-         (`kakoi serve`) pre-warms cgroups instead"
+        "the gap between kakoi and kakoi-nocg is the run cgroup's creation, limits, stats and \
+         removal (four v1 hierarchies here); the child enters it without the kernel's global \
+         lock (v1: it writes 0 to `tasks`; v2: CLONE_INTO_CGROUP)"
             .into(),
     ]
 }
