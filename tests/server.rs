@@ -977,7 +977,8 @@ fn a_bearer_token_guards_everything_but_health() {
         let body = json!({"code": "print('authorized')"});
         let r = c.post(s.url("/run")).json(&body).send().await.unwrap();
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        // Refused from the headers with the body unread: the connection is not reused.
+        // Refused from the headers with the body unread: the connection is not reused (every
+        // error says so).
         assert_eq!(r.headers()["connection"], "close");
         let st = r.status().as_u16();
         assert_error(st, &r.json().await.unwrap(), 401, "unauthorized");
@@ -999,6 +1000,8 @@ fn a_bearer_token_guards_everything_but_health() {
             .send()
             .await
             .unwrap();
+        // Successes keep the connection.
+        assert!(r.headers().get("connection").is_none(), "{:?}", r.headers());
         let st = r.status().as_u16();
         assert_eq!(
             result_of(st, &r.json().await.unwrap()).stdout,
@@ -1992,9 +1995,9 @@ fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
         let slow = pool.run(kakoi::RunSpec::command(["sleep", "30"]));
         let _ = tokio::time::timeout(Duration::from_millis(500), slow).await;
         assert_eq!(pool.stats().cancelled, 1);
-        assert_eq!(pool.stats().running, 0);
+        // The run counts as running until its worker has removed the sandbox.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pool.stats().idle < 2 {
+        while pool.stats().idle < 2 || pool.stats().running > 0 {
             assert!(Instant::now() < deadline, "{:?}", pool.stats());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -2079,5 +2082,55 @@ fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
         let e = pool.run_external(|_| async {}).await.unwrap_err();
         assert_eq!(e, kakoi::server::JobError::ShuttingDown);
         assert_all_gone(&launchers, Duration::from_secs(10), "after pool shutdown");
+    });
+}
+
+/// A shutdown right after a cancellation waits for the cancelled run's cleanup: the manager
+/// exits when `shutdown` returns, and a worker still removing its sandbox would be killed by
+/// PDEATHSIG with the run's cgroup left behind (what `kakoi mcp` did when the client closed
+/// stdin during a call).
+#[test]
+fn a_shutdown_right_after_a_cancellation_waits_for_the_cleanup() {
+    use kakoi::server::pool::{PoolConfig, WorkerPool};
+    use kakoi::server::worker::WorkerSettings;
+    let _g = setup!();
+    let rt = runtime();
+    rt.block_on(async {
+        let settings = WorkerSettings {
+            cgroups: Default::default(),
+            seccomp: Default::default(),
+            landlock: Default::default(),
+            runtime_dir: None,
+            host_id: None,
+            manager_pid: 0,
+        };
+        let mut config = PoolConfig::new(settings).unwrap();
+        config.program = env!("CARGO_BIN_EXE_kakoi").into();
+        config.workers = 1;
+        config.prestart = true;
+        let pool = WorkerPool::start(config).await.unwrap();
+        let launchers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+        assert_eq!(launchers.len(), 1);
+        let uids = uids_of(&launchers);
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let slow = pool.run(kakoi::RunSpec::command([
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("sleep 3600.{nonce}; : {nonce}"),
+        ]));
+        // Long enough for the sandbox to start (its processes and cgroup exist).
+        let _ = tokio::time::timeout(Duration::from_millis(700), slow).await;
+        assert_eq!(pool.stats().cancelled, 1);
+        pool.shutdown(Duration::from_secs(5)).await;
+        // No polling: all of it must be gone when `shutdown` returns.
+        let cgroups = run_cgroups_of(&launchers);
+        assert!(cgroups.is_empty(), "cgroups left at shutdown: {cgroups:?}");
+        let procs = processes_of(&uids);
+        assert!(procs.is_empty(), "processes left at shutdown: {procs:?}");
+        let live: Vec<u32> = launchers.iter().copied().filter(|p| alive(*p)).collect();
+        assert!(live.is_empty(), "launchers left at shutdown: {live:?}");
     });
 }

@@ -329,19 +329,16 @@ async fn request_context(State(app): State<AppState>, req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if rejected_before_the_body(status) {
-        // The request body may still be unread (or half sent). hyper then closes the
+    if status >= 400 {
+        // An error may be answered before the request body was read (auth, the MCP
+        // transport's Host/Origin/session checks, size and type limits). hyper then closes the
         // connection after the response without saying so, and a client that reuses it for
-        // its next request sees "server disconnected". Say it, so the client opens a new one.
+        // its next request sees "server disconnected". Say it on every error (they are rare),
+        // so the client opens a new connection instead.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-/// Statuses answered from the headers alone (auth, Host/Origin checks, method, size, type).
-fn rejected_before_the_body(status: u16) -> bool {
-    matches!(status, 401 | 403 | 405 | 411 | 413 | 415 | 421)
 }
 
 /// Read a body, failing with 413 as soon as it goes over `limit` bytes.

@@ -694,8 +694,8 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.inner.running.lock().expect("lock").remove(&self.id);
         let Some(w) = self.worker.take() else {
+            self.inner.running.lock().expect("lock").remove(&self.id);
             return;
         };
         // The caller went away before the result: cancel the run.
@@ -704,7 +704,9 @@ impl Drop for Busy {
             Ok(handle) if w.cancel_frames && self.run_sent => {
                 // The worker ends the run (status `cancelled`; the launcher kills and cleans
                 // up its sandbox) and stays in service. The permit is held until the worker
-                // is back, so no other run is admitted without a worker.
+                // is back, so no other run is admitted without a worker, and the run stays in
+                // `running` until then, so a shutdown waits for the cleanup instead of exiting
+                // (and PDEATHSIG-killing the worker) while the worker removes the sandbox.
                 tracing::info!(
                     run = self.id,
                     worker = w.pid,
@@ -720,6 +722,7 @@ impl Drop for Busy {
                         Ok(w) => inner.put_idle(w),
                         Err(w) => inner.kill_worker(w, hold),
                     }
+                    inner.running.lock().expect("lock").remove(&id);
                 });
             }
             _ => {
@@ -729,6 +732,7 @@ impl Drop for Busy {
                     "run cancelled: killing its launcher"
                 );
                 self.inner.kill_worker(w, self.hold.take());
+                self.inner.running.lock().expect("lock").remove(&self.id);
             }
         }
     }
