@@ -4,8 +4,9 @@
 Alternates, N times each, both starting from an empty uv cache (so both download):
 
   kakoi: kakoi env build -r req --data-dir <fresh dir with the toolchain already installed>
-         (uv pip compile + uv venv + uv pip sync --compile-bytecode --link-mode copy,
-          in two sandbox runs, then chown and rename into the store)
+         (uv pip compile --no-build + uv venv + uv pip sync --no-build --link-mode copy,
+          then python -I -S compileall, in three sandbox runs, then chown and rename into
+          the store)
   uv:    uv venv v && uv pip install -r req --compile-bytecode --cache-dir <fresh>
          (the same uv binary, on the host, no sandbox)
   recipe: kakoi's exact uv commands on the host, no sandbox (to split the difference)
@@ -29,6 +30,11 @@ import tempfile
 import time
 
 BASE = "/var/tmp"
+
+# The compile step of src/env/uv.rs (COMPILE_PY).
+COMPILE_PY = ("import compileall, py_compile, sys\n"
+              "compileall.compile_dir(sys.argv[1], quiet=1, workers=0, "
+              "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n")
 
 
 def main():
@@ -88,9 +94,9 @@ def main():
         return elapsed
 
     def recipe(i):
-        # kakoi's own uv commands, run on the host without a sandbox: separates the cost of
-        # the recipe (lock with hashes, second resolution, copies, hash pycs) from the
-        # cost of the sandbox.
+        # kakoi's own commands (src/env/uv.rs, wheel-only path), run on the host without a
+        # sandbox: separates the cost of the recipe (lock with hashes, second resolution,
+        # copies, hash pycs compiled apart) from the cost of the sandbox.
         d = os.path.join(work, f"r{i}")
         os.makedirs(d)
         env = dict(os.environ, UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never",
@@ -101,10 +107,11 @@ def main():
         t = time.perf_counter()
         for argv in (
             [uv, "pip", "compile", "-q", "requirements.in", "-o", "requirements.lock",
-             "--generate-hashes", "--python", python],
+             "--generate-hashes", "--python", python, "--no-build"],
             [uv, "venv", "-q", "--python", python, "venv"],
             [uv, "pip", "sync", "-q", "requirements.lock", "--python", "venv/bin/python",
-             "--compile-bytecode", "--link-mode", "copy", "--require-hashes"],
+             "--link-mode", "copy", "--require-hashes", "--no-build"],
+            [python, "-I", "-S", "-c", COMPILE_PY, os.path.join(d, "venv", "lib")],
         ):
             subprocess.run(argv, cwd=d, env=env, check=True, capture_output=True)
         elapsed = time.perf_counter() - t

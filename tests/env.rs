@@ -448,7 +448,8 @@ fn build_list_in_use_rm_and_gc() {
 }
 
 /// A local index-less package server on loopback: serves sdists whose build backend fails
-/// or hangs, for the failure tests. Killed on drop.
+/// or hangs, for the failure tests, and one that builds (`kakoisource`) and whose build code
+/// tries to write into a path given at start (a store's shared uv cache). Killed on drop.
 struct SdistServer {
     child: Child,
     port: u16,
@@ -457,10 +458,45 @@ struct SdistServer {
 
 impl SdistServer {
     fn start() -> SdistServer {
+        SdistServer::start_with_target(Path::new("/nonexistent/kakoi-target"))
+    }
+
+    fn start_with_target(target: &Path) -> SdistServer {
         let dir = tempfile::tempdir().unwrap();
         let script = r#"
 import io, sys, tarfile
-def sdist(name, prepare, build):
+# The build code of `kakoisource`: report what it can see and reach, try to plant a file in
+# the target (a shared uv cache), then write a real wheel whose module carries the report.
+BUILD_OK = """
+def build_ok(wheel_directory):
+    import base64, hashlib, json, zipfile
+    target = TARGET
+    seen = {"uv_cache_dir": os.environ.get("UV_CACHE_DIR", ""), "target_visible": os.path.exists(target)}
+    try:
+        with open(os.path.join(target, "kakoi-poisoned"), "w") as f:
+            f.write("planted by a package build")
+        seen["planted"] = True
+    except OSError as e:
+        seen["planted"] = False
+        seen["plant_error"] = e.__class__.__name__
+    files = {
+        "kakoisource.py": "SEEN = " + repr(json.dumps(seen)) + "\\n",
+        "kakoisource-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: kakoisource\\nVersion: 1.0\\n",
+        "kakoisource-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: kakoi-test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append("kakoisource-1.0.dist-info/RECORD,,")
+    files["kakoisource-1.0.dist-info/RECORD"] = "\\n".join(record) + "\\n"
+    name = "kakoisource-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return name
+""".replace("TARGET", repr(sys.argv[2]))
+def sdist(name, prepare, build, extra=""):
     files = {
         "pyproject.toml": f'[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n\n[project]\nname = "{name}"\nversion = "1.0"\n',
         "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
@@ -473,7 +509,7 @@ def sdist(name, prepare, build):
             f"    open(os.path.join(d, 'METADATA'), 'w').write('Metadata-Version: 2.1\\nName: {name}\\nVersion: 1.0\\n')\n"
             f"    return '{name}-1.0.dist-info'\n"
             "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n"
-            f"    {build}\n",
+            f"    {build}\n" + extra,
     }
     with tarfile.open(f"{sys.argv[1]}/{name}-1.0.tar.gz", "w:gz") as tar:
         for path, text in files.items():
@@ -483,10 +519,12 @@ def sdist(name, prepare, build):
             tar.addfile(info, io.BytesIO(data))
 sdist("kakoifails", "pass", "raise RuntimeError('kakoi-test: this package refuses to build')")
 sdist("kakoihangs", "time.sleep(300)", "time.sleep(300)")
+sdist("kakoisource", "pass", "return build_ok(wheel_directory)", BUILD_OK)
 "#;
         let status = Command::new(PYTHON)
             .args(["-c", script])
             .arg(dir.path())
+            .arg(target)
             .status()
             .unwrap();
         assert!(status.success());
@@ -625,6 +663,129 @@ fn broken_requirements_are_env_errors_with_uvs_message() {
     assert_eq!(staging_entries(data.path()), 0);
 }
 
+/// Builds from wheels share the store's uv cache (no package code runs while it is
+/// writable); a build that must run a package's build code gets a cache of its own, never
+/// sees the shared one, and leaves nothing behind. A malicious sdist therefore cannot poison
+/// the wheels other envs are installed from.
+#[test]
+fn source_builds_never_see_the_shared_uv_cache() {
+    if !sandbox_available() {
+        return;
+    }
+    let data = fresh("srcbuild");
+    let shared_cache = data.path().join("uv-cache");
+    let server = SdistServer::start_with_target(&shared_cache);
+    let dir = inputs();
+    // What the env's `kakoi-env.json` records.
+    let meta = |doc: &Value| -> Value {
+        let digest = doc["env"]["digest"].as_str().unwrap();
+        let path = data
+            .path()
+            .join("envs/v1")
+            .join(digest)
+            .join("kakoi-env.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let build = |req: &Path| -> Value {
+        let out = kakoi_env(
+            data.path(),
+            &["build", "--json", "--quiet", "-r", req.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // Wheels only: the shared cache, which uv fills.
+    let wheels = write(dir.path(), "wheels.txt", "six==1.17.0\n");
+    let doc = build(&wheels);
+    assert_eq!(meta(&doc)["build_cache"], "shared", "{doc}");
+    // Files of the shared cache and their contents.
+    let cached = |p: &Path| -> BTreeMap<String, Vec<u8>> {
+        walkdir(p)
+            .into_iter()
+            .filter(|(_, kind)| kind == "file")
+            .map(|(rel, _)| {
+                let bytes = std::fs::read(p.join(&rel)).unwrap_or_default();
+                (rel, bytes)
+            })
+            .collect()
+    };
+    let before = cached(&shared_cache);
+    assert!(
+        before.keys().any(|k| k.contains("six")),
+        "uv cached six in the shared cache: {:?}",
+        before.keys().take(20).collect::<Vec<_>>()
+    );
+
+    // An sdist: the wheel-only attempt finds no wheel, the build starts over in a private
+    // cache, and the package's build code runs there.
+    let source = write(dir.path(), "source.txt", &server.url("kakoisource"));
+    let doc = build(&source);
+    assert_eq!(meta(&doc)["build_cache"], "private", "{doc}");
+    let main = write(
+        dir.path(),
+        "main.py",
+        "import kakoisource\nprint(kakoisource.SEEN)\n",
+    );
+    let (result, out) = run_json(data.path(), &source, &[], &main);
+    assert_eq!(result.status, Status::Ok, "{}", text(&out));
+    let seen: Value = serde_json::from_str(result.stdout.trim()).unwrap();
+    assert_eq!(seen["planted"], false, "{seen}");
+    assert_eq!(seen["target_visible"], false, "{seen}");
+    let private = seen["uv_cache_dir"].as_str().unwrap();
+    assert_ne!(Path::new(private), shared_cache, "{seen}");
+    assert!(private.ends_with(".uv-cache"), "{seen}");
+    assert!(
+        !Path::new(private).exists(),
+        "the private cache is removed after the build: {private}"
+    );
+    // The wheel-only attempt added uv's own records of the sdist (inert data: nothing in a
+    // shared-cache build builds it); what was there is unchanged, and nothing was planted.
+    let after = cached(&shared_cache);
+    for (rel, bytes) in &before {
+        assert_eq!(
+            after.get(rel),
+            Some(bytes),
+            "{rel} changed in the shared cache"
+        );
+    }
+    assert!(
+        !after.keys().any(|k| k.contains("kakoi-poisoned")),
+        "{:?}",
+        after.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(staging_entries(data.path()), 0);
+}
+
+/// `relative path -> "file" | "dir" | "link"` of everything under `root`.
+fn walkdir(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let kind = match entry.file_type() {
+                Ok(t) if t.is_symlink() => "link",
+                Ok(t) if t.is_dir() => {
+                    stack.push(path.clone());
+                    "dir"
+                }
+                _ => "file",
+            };
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.insert(rel, kind.to_string());
+        }
+    }
+    out
+}
+
 #[test]
 fn a_data_dir_the_sandbox_cannot_mount_is_refused() {
     let dir = inputs();
@@ -703,17 +864,20 @@ fn concurrent_builds_of_one_digest_build_once() {
     assert_eq!(staging_entries(data.path()), 0);
 }
 
-/// Host processes whose environment names this store's uv cache: the build's uv and
-/// whatever it started (scoped to one test's data directory).
+/// Host processes whose environment names a uv cache of this store (the shared one, or a
+/// source build's private one under `.staging`): the build's uv and whatever it started
+/// (scoped to one test's data directory).
 fn build_processes(data: &Path) -> Vec<u32> {
-    let needle = format!("UV_CACHE_DIR={}", data.join("uv-cache").display());
+    let needle = format!("UV_CACHE_DIR={}/", data.display());
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         if let Ok(environ) = std::fs::read(entry.path().join("environ"))
-            && environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+            && environ
+                .split(|b| *b == 0)
+                .any(|kv| kv.starts_with(needle.as_bytes()))
         {
             pids.push(pid);
         }
@@ -764,10 +928,11 @@ fn a_killed_build_leaves_nothing_visible_and_is_swept() {
         "the build ended by itself: {}",
         log()
     );
+    // The sdist has no wheel: the build runs in a private uv cache beside its staging dir.
     assert_eq!(
         staging_entries(&data_path),
-        1,
-        "a build in progress has a staging dir: {}",
+        2,
+        "a source build in progress has a staging dir and a private uv cache: {}",
         log()
     );
     child.kill().unwrap();
@@ -793,7 +958,10 @@ fn a_killed_build_leaves_nothing_visible_and_is_swept() {
     let out = kakoi_env(&data_path, &["gc", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let gc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(gc["swept_staging"], 1, "{gc}");
+    assert_eq!(
+        gc["swept_staging"], 1,
+        "one dead build (its private cache goes with it): {gc}"
+    );
     assert_eq!(staging_entries(&data_path), 0);
 }
 

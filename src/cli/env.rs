@@ -234,7 +234,10 @@ pub fn report_env_error(
         true,
     ) = (err, progress.streamed_uv_output())
     {
-        eprintln!("kakoi: error: {step} failed: uv exited with {exit_code} (its output is above)");
+        eprintln!(
+            "kakoi: error: {step} failed: {} exited with {exit_code} (its output is above)",
+            step.program()
+        );
         if let Some(hint) = err.hint() {
             eprintln!("  hint: {hint}");
         }

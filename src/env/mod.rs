@@ -11,8 +11,11 @@
 //!      │
 //!      └─ otherwise, under an exclusive flock on .locks/<digest>.lock:
 //!           staging dir .staging/<digest>.<pid>.<n>, bound writable at the FINAL path
-//!           sandbox run 1 (network on): uv pip compile  → requirements.lock (hashes)
-//!           sandbox run 2 (network on): uv venv + uv pip sync --compile-bytecode --link-mode copy
+//!           sandbox run 1 (network on): uv pip compile --no-build → requirements.lock (hashes)
+//!           sandbox run 2 (network on): uv venv + uv pip sync --no-build --link-mode copy
+//!             (both with the shared uv cache; a package without a wheel → both again with a
+//!              private cache .staging/<...>.uv-cache and source builds allowed)
+//!           sandbox run 3 (no network, no cache): python -I -S compileall (unchecked-hash pycs)
 //!           chown to the store owner, drop write bits, rename(staging, <digest>)
 //! ```
 //!
@@ -77,8 +80,9 @@ pub enum EnvError {
     /// The toolchain (python, uv, ruff) is not available.
     #[error(transparent)]
     Toolchain(#[from] ToolchainError),
-    /// uv refused the requirements or failed to install them; `message` is uv's own.
-    #[error("{step} failed: uv exited with {exit_code}:\n{message}")]
+    /// uv refused the requirements or failed to install them (or, in the compile step, the
+    /// interpreter failed); `message` is the program's own.
+    #[error("{step} failed: {} exited with {exit_code}:\n{message}", step.program())]
     Uv {
         /// Which step ran uv.
         step: BuildStep,

@@ -16,8 +16,10 @@ use std::fmt;
 pub enum BuildStep {
     /// `uv pip compile`: resolve the requirements into a lock with hashes.
     Resolve,
-    /// `uv venv` + `uv pip sync --compile-bytecode`: download, build and install.
+    /// `uv venv` + `uv pip sync`: download, build (private cache only) and install.
     Install,
+    /// The interpreter's `compileall`: bytecode, without the uv cache or the network.
+    Compile,
 }
 
 impl BuildStep {
@@ -26,14 +28,24 @@ impl BuildStep {
         match self {
             BuildStep::Resolve => "env-resolve",
             BuildStep::Install => "env-install",
+            BuildStep::Compile => "env-compile",
         }
     }
 
-    /// The uv command this step runs.
+    /// The program whose exit code a failure reports (`uv`, `python`).
+    pub fn program(self) -> &'static str {
+        match self {
+            BuildStep::Resolve | BuildStep::Install => "uv",
+            BuildStep::Compile => "python",
+        }
+    }
+
+    /// The command this step runs.
     pub fn command(self) -> &'static str {
         match self {
             BuildStep::Resolve => "uv pip compile",
             BuildStep::Install => "uv pip sync",
+            BuildStep::Compile => "python -m compileall",
         }
     }
 }
@@ -43,6 +55,7 @@ impl fmt::Display for BuildStep {
         f.write_str(match self {
             BuildStep::Resolve => "resolving the requirements",
             BuildStep::Install => "installing the environment",
+            BuildStep::Compile => "compiling bytecode",
         })
     }
 }

@@ -29,7 +29,7 @@ use super::fsutil::{self, io};
 use super::progress::{BuildStep, Progress};
 use super::requirements::Requirements;
 use super::toolchain::{Interpreter, Toolchain, ToolchainKind, ToolchainMode};
-use super::uv::{self, BuildContext, REQUIREMENTS_IN, REQUIREMENTS_LOCK, VENV};
+use super::uv::{self, BuildContext, CacheMode, REQUIREMENTS_IN, REQUIREMENTS_LOCK, VENV};
 use super::{EnvError, datadir};
 use crate::backend::Backend;
 use crate::result::{EnvUse, RunResult, Status};
@@ -182,6 +182,10 @@ pub struct EnvInfo {
     pub size_bytes: u64,
     /// Number of files and directories.
     pub files: u64,
+    /// The uv cache the build used: `shared` (wheels only, no package code ran while the
+    /// shared cache was writable) or `private` (a source build, in a cache of its own).
+    #[serde(default)]
+    pub build_cache: String,
     /// Last use, seconds since the epoch (mtime of the lock file).
     #[serde(default)]
     pub last_used: u64,
@@ -566,57 +570,33 @@ impl EnvStore {
         let requirements_in = staging.join(REQUIREMENTS_IN);
         std::fs::write(&requirements_in, request.requirements.to_text())
             .map_err(io("write", &requirements_in))?;
-        let cache = self.uv_cache_dir();
-        if !cache.is_dir() {
-            fsutil::create_dir(&cache, 0o700)?;
+        let shared_cache = self.uv_cache_dir();
+        if !shared_cache.is_dir() {
+            fsutil::create_dir(&shared_cache, 0o700)?;
         }
         if root {
-            for dir in [staging, cache.as_path()] {
+            for dir in [staging, shared_cache.as_path()] {
                 std::os::unix::fs::chown(dir, Some(build_uid), Some(build_gid))
                     .map_err(io("chown", dir))?;
             }
         }
-        let final_dir = self.envs.join(digest);
-        let ctx = BuildContext {
+        // A source build's own cache; named after the staging directory, so the staging
+        // sweep removes it with a killed build's staging directory.
+        let private_cache = PathBuf::from(format!("{}.uv-cache", staging.display()));
+        let result = self.build_steps(
+            request,
             toolchain,
             interpreter,
-            options: &request.options,
-            limits: &self.limits,
-            final_dir: &final_dir,
+            digest,
             staging,
-            cache: &cache,
-        };
-        let count = request.requirements.lines().len();
-        let texts = [
-            (
-                BuildStep::Resolve,
-                format!(
-                    "resolving {count} requirement{} with uv {} for python {}",
-                    if count == 1 { "" } else { "s" },
-                    toolchain.uv_version,
-                    interpreter.version
-                ),
-            ),
-            (
-                BuildStep::Install,
-                format!("installing environment {}", &digest[..12]),
-            ),
-        ];
-        for (step, text) in texts {
-            let spec = ctx.spec(step);
-            let live = progress.step_started(step, &text);
-            let outcome = backend.run_with(
-                &spec,
-                &RunOptions {
-                    passthrough: live,
-                    ..RunOptions::default()
-                },
-            );
-            let ok = matches!(&outcome, Ok(r) if r.status == Status::Ok);
-            progress.step_finished(step, ok);
-            let result = outcome.map_err(|source| EnvError::Backend { step, source })?;
-            check_step(step, &result)?;
-        }
+            (&shared_cache, &private_cache),
+            (build_uid, build_gid),
+            backend,
+            progress,
+        );
+        let _ = fsutil::remove_tree(&private_cache);
+        let mode = result?;
+        let final_dir = self.envs.join(digest);
         let lock_path = staging.join(REQUIREMENTS_LOCK);
         let lock = std::fs::read_to_string(&lock_path).map_err(io("read", &lock_path))?;
         let euid = nix::unistd::geteuid().as_raw();
@@ -638,11 +618,100 @@ impl EnvStore {
             build_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1000.0,
             size_bytes,
             files,
+            build_cache: mode.name().into(),
             last_used: 0,
             in_use: false,
         };
         let json = serde_json::to_vec_pretty(&info).expect("serializable");
         fsutil::write_atomic(&staging.join(META), &json, 0o644)
+    }
+
+    /// The sandboxed steps: resolve and install from wheels with the shared cache; when a
+    /// package has no wheel, again from the start with a private cache and source builds
+    /// allowed; then compile the bytecode. Returns the cache mode that built the env.
+    #[allow(clippy::too_many_arguments)]
+    fn build_steps(
+        &self,
+        request: &EnvRequest,
+        toolchain: &Toolchain,
+        interpreter: &Interpreter,
+        digest: &str,
+        staging: &Path,
+        (shared_cache, private_cache): (&Path, &Path),
+        (build_uid, build_gid): (u32, u32),
+        backend: &dyn Backend,
+        progress: &mut dyn Progress,
+    ) -> Result<CacheMode, EnvError> {
+        let root = nix::unistd::geteuid().is_root();
+        let final_dir = self.envs.join(digest);
+        let count = request.requirements.lines().len();
+        let resolve_text = format!(
+            "resolving {count} requirement{} with uv {} for python {}",
+            if count == 1 { "" } else { "s" },
+            toolchain.uv_version,
+            interpreter.version
+        );
+        let install_text = format!("installing environment {}", &digest[..12]);
+        let mut mode = CacheMode::Shared;
+        'attempt: loop {
+            let cache = match mode {
+                CacheMode::Shared => shared_cache,
+                CacheMode::Private => private_cache,
+            };
+            let ctx = BuildContext {
+                toolchain,
+                interpreter,
+                options: &request.options,
+                limits: &self.limits,
+                final_dir: &final_dir,
+                staging,
+                cache,
+                mode,
+            };
+            for (step, text) in [
+                (BuildStep::Resolve, resolve_text.as_str()),
+                (BuildStep::Install, install_text.as_str()),
+            ] {
+                let result = run_step(&ctx, step, text, backend, progress)?;
+                if mode == CacheMode::Shared
+                    && result.status == Status::RuntimeError
+                    && uv::needs_source_build(&result.stderr)
+                {
+                    progress.message(
+                        "a package has no wheel for this platform: building from source, in a uv cache of this build's own",
+                    );
+                    tracing::info!(
+                        stage = step.stage(),
+                        "no wheel-only resolution: retrying with a private uv cache"
+                    );
+                    fsutil::remove_tree(&staging.join(VENV))?;
+                    let lock = staging.join(REQUIREMENTS_LOCK);
+                    match std::fs::remove_file(&lock) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io("remove", &lock)(e));
+                        }
+                        _ => {}
+                    }
+                    fsutil::create_dir(private_cache, 0o700)?;
+                    if root {
+                        std::os::unix::fs::chown(private_cache, Some(build_uid), Some(build_gid))
+                            .map_err(io("chown", private_cache))?;
+                    }
+                    mode = CacheMode::Private;
+                    continue 'attempt;
+                }
+                check_step(step, &result)?;
+            }
+            let result = run_step(
+                &ctx,
+                BuildStep::Compile,
+                "compiling bytecode",
+                backend,
+                progress,
+            )?;
+            check_step(BuildStep::Compile, &result)?;
+            return Ok(mode);
+        }
     }
 
     /// Remove staging directories whose build is gone: their digest's lock is free (or, for
@@ -666,7 +735,9 @@ impl EnvStore {
             } else {
                 false
             };
-            if stale && fsutil::remove_tree(&entry.path()).is_ok() {
+            // A source build's private uv cache goes with its build's staging directory
+            // and is not counted apart.
+            if stale && fsutil::remove_tree(&entry.path()).is_ok() && !name.ends_with(".uv-cache") {
                 swept += 1;
             }
         }
@@ -837,6 +908,28 @@ fn digest_of(request: &EnvRequest, toolchain: &Toolchain, interpreter: &Interpre
         exclude_newer: request.options.exclude_newer.as_deref(),
     }
     .digest()
+}
+
+/// Run one build step in the sandbox, with progress.
+fn run_step(
+    ctx: &BuildContext<'_>,
+    step: BuildStep,
+    text: &str,
+    backend: &dyn Backend,
+    progress: &mut dyn Progress,
+) -> Result<RunResult, EnvError> {
+    let spec = ctx.spec(step);
+    let live = progress.step_started(step, text);
+    let outcome = backend.run_with(
+        &spec,
+        &RunOptions {
+            passthrough: live,
+            ..RunOptions::default()
+        },
+    );
+    let ok = matches!(&outcome, Ok(r) if r.status == Status::Ok);
+    progress.step_finished(step, ok);
+    outcome.map_err(|source| EnvError::Backend { step, source })
 }
 
 /// Turn a build step's sandbox result into an error when it did not succeed.

@@ -1,9 +1,18 @@
-//! The two sandboxed uv steps of a build, as [`RunSpec`]s, and the reading of uv's output.
+//! The three sandboxed steps of a build, as [`RunSpec`]s, and the reading of uv's output.
 //!
-//! Both steps see: the toolchain read-only at its host paths, the staging directory
-//! writable at the env's *final* path, the uv cache writable at its host path, the host's
-//! network and resolver files, and nothing else of the host. uv's stdout is sent to stderr
-//! (`1>&2`) so that a streamed build never writes to the launcher's stdout (`--json`).
+//! Every step sees the toolchain read-only at its host paths and the staging directory
+//! writable at the env's *final* path, and nothing else of the host but what its step needs:
+//! - **resolve** (`uv pip compile`) and **install** (`uv venv` + `uv pip sync`): the uv
+//!   cache writable at its host path, the host's network and resolver files;
+//! - **compile** (the interpreter's `compileall`, `-I -S`): no cache, no network.
+//!
+//! Which uv cache, and whether packages may be built from source, is the [`CacheMode`]:
+//! builds from wheels alone share one cache, because in them no package code runs while that
+//! cache is writable (uv only downloads and unpacks, and bytecode is compiled in the separate
+//! step without the cache); a build that needs to run a package's build code gets a private
+//! cache of its own, removed after the build, so it cannot tamper with what other builds use.
+//! uv's stdout is sent to stderr (`1>&2`) so that a streamed build never writes to the
+//! launcher's stdout (`--json`).
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +48,45 @@ const PROXY_VARS: &[&str] = &[
     "no_proxy",
 ];
 
+/// The uv cache a build uses, and what that allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheMode {
+    /// The store's shared cache, wheels only (`--no-build`): uv resolves and installs from
+    /// pre-built wheels and no package code runs while the cache is writable.
+    Shared,
+    /// A cache of this build's own (removed after it): source builds allowed, their build
+    /// code never sees the shared cache.
+    Private,
+}
+
+impl CacheMode {
+    /// The name recorded in `kakoi-env.json` (`shared`, `private`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CacheMode::Shared => "shared",
+            CacheMode::Private => "private",
+        }
+    }
+}
+
+/// Whether uv failed because a package has no wheel and `--no-build` forbids building it
+/// (then the build is retried with a private cache). uv 0.13 says, when resolving, "...
+/// building from source is disabled ..." and, when installing, "Building source
+/// distributions is disabled, but attempted to build `x`".
+pub(crate) fn needs_source_build(stderr: &str) -> bool {
+    let lower = stderr.to_ascii_lowercase();
+    lower.contains("building from source is disabled")
+        || lower.contains("building source distributions is disabled")
+}
+
+/// The `compile` step's program (`python -I -S -c`): every `.py` under the venv's `lib`
+/// compiled to an unchecked-hash pyc (PEP 552), at the env's final path. Files that do not
+/// compile (Python 2 leftovers, templates) are skipped, as uv and pip do; anything else that
+/// goes wrong fails the step.
+const COMPILE_PY: &str = "import compileall, py_compile, sys\n\
+compileall.compile_dir(sys.argv[1], quiet=1, workers=0, \
+invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
+
 /// What a build step needs to know.
 pub(crate) struct BuildContext<'a> {
     pub toolchain: &'a Toolchain,
@@ -49,8 +97,10 @@ pub(crate) struct BuildContext<'a> {
     pub final_dir: &'a Path,
     /// Host staging directory.
     pub staging: &'a Path,
-    /// uv cache directory.
+    /// uv cache directory (the shared one, or this build's own).
     pub cache: &'a Path,
+    /// Which cache `cache` is.
+    pub mode: CacheMode,
 }
 
 impl BuildContext<'_> {
@@ -81,6 +131,9 @@ impl BuildContext<'_> {
                 if let Some(t) = &self.options.exclude_newer {
                     argv.extend(["--exclude-newer".into(), t.clone()]);
                 }
+                if self.mode == CacheMode::Shared {
+                    argv.push("--no-build".into());
+                }
             }
             BuildStep::Install => {
                 argv.push(
@@ -95,7 +148,6 @@ impl BuildContext<'_> {
                         REQUIREMENTS_LOCK,
                         "--python",
                         "venv/bin/python",
-                        "--compile-bytecode",
                         // The staging dir and the cache are separate bind mounts (hard links
                         // between them fail with EXDEV), and an env must not share inodes with
                         // a cache that later builds can write: copy.
@@ -106,13 +158,33 @@ impl BuildContext<'_> {
                     ]
                     .map(String::from),
                 );
+                if self.mode == CacheMode::Shared {
+                    argv.push("--no-build".into());
+                }
+            }
+            BuildStep::Compile => {
+                // No uv here: the interpreter alone, isolated (-I) and without `site` (-S),
+                // so no `.pth` file of the installed packages is executed.
+                argv.push(r#"cd "$0" && exec "$@" 1>&2"#.into());
+                argv.extend([
+                    final_dir.clone(),
+                    python,
+                    "-I".into(),
+                    "-S".into(),
+                    "-c".into(),
+                    COMPILE_PY.into(),
+                    format!("{final_dir}/{VENV}/lib"),
+                ]);
             }
         }
-        if let Some(url) = &self.options.index_url {
-            argv.extend(["--index-url".into(), url.clone()]);
-        }
-        for url in &self.options.extra_index_urls {
-            argv.extend(["--extra-index-url".into(), url.clone()]);
+        let uv_step = step != BuildStep::Compile;
+        if uv_step {
+            if let Some(url) = &self.options.index_url {
+                argv.extend(["--index-url".into(), url.clone()]);
+            }
+            for url in &self.options.extra_index_urls {
+                argv.extend(["--extra-index-url".into(), url.clone()]);
+            }
         }
         let cache = self.cache.display().to_string();
         let mut env: Vec<(String, String)> = [
@@ -132,15 +204,24 @@ impl BuildContext<'_> {
         if Path::new(CA_BUNDLE).is_file() {
             env.push(("SSL_CERT_FILE".into(), CA_BUNDLE.into()));
         }
-        for var in PROXY_VARS {
-            if let Ok(value) = std::env::var(var) {
-                env.push((var.to_string(), value));
+        if uv_step {
+            for var in PROXY_VARS {
+                if let Ok(value) = std::env::var(var) {
+                    env.push((var.to_string(), value));
+                }
             }
         }
         let same = |p: &PathBuf| Bind {
             host: p.clone(),
             sandbox: p.clone(),
         };
+        let mut binds_rw = vec![Bind {
+            host: self.staging.into(),
+            sandbox: self.final_dir.into(),
+        }];
+        if uv_step {
+            binds_rw.push(same(&self.cache.to_path_buf()));
+        }
         RunSpec {
             argv: argv.into_iter().map(Into::into).collect(),
             env,
@@ -157,15 +238,13 @@ impl BuildContext<'_> {
             stdin: None,
             files: vec![],
             binds_ro: self.toolchain.binds.iter().map(same).collect(),
-            binds_rw: vec![
-                Bind {
-                    host: self.staging.into(),
-                    sandbox: self.final_dir.into(),
-                },
-                same(&self.cache.to_path_buf()),
-            ],
+            binds_rw,
             collect: None,
-            network: Network::Host,
+            network: if uv_step {
+                Network::Host
+            } else {
+                Network::None
+            },
         }
     }
 }
@@ -236,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_wheel_is_recognised_in_both_steps() {
+        // uv 0.13.9, `uv pip compile --no-build` and `uv pip sync --no-build`.
+        let resolve = "error: No solution found when resolving dependencies\n  cause: Because pyyaml==5.3.1 has no usable wheels and you require pyyaml==5.3.1, we can conclude that your requirements are unsatisfiable.\n\nhint: Wheels are required for `pyyaml` because building from source is disabled for all packages (i.e., with `--no-build`)\n";
+        let install = "error: Building source distributions is disabled, but attempted to build `kakoifails`\n";
+        assert!(needs_source_build(resolve));
+        assert!(needs_source_build(install));
+        assert!(!needs_source_build(
+            "error: No solution found when resolving dependencies:\n  Because you require six==1.16.0 and six==1.17.0, we can conclude that your requirements are unsatisfiable."
+        ));
+        assert!(!needs_source_build(""));
+    }
+
+    #[test]
     fn build_specs_confine_writes_to_the_staging_dir_and_cache() {
         let toolchain = crate::env::toolchain::tests_support::host_toolchain();
         let interpreter = Interpreter {
@@ -252,48 +344,71 @@ mod tests {
             python: None,
         };
         let limits = BuildLimits::default();
-        let ctx = BuildContext {
-            toolchain: &toolchain,
-            interpreter: &interpreter,
-            options: &options,
-            limits: &limits,
-            final_dir: Path::new("/var/lib/kakoi/envs/v1/abc"),
-            staging: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"),
-            cache: Path::new("/var/lib/kakoi/uv-cache"),
-        };
         assert_eq!(toolchain.kind, ToolchainKind::Host);
-        for step in [BuildStep::Resolve, BuildStep::Install] {
-            let spec = ctx.spec(step);
-            let argv: Vec<String> = spec
-                .argv
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            assert_eq!(argv[0], "/bin/sh");
-            assert!(argv.iter().any(|a| a == "--index-url"));
-            assert!(argv.iter().any(|a| a == "https://mirror.invalid/simple"));
-            assert_eq!(spec.network, Network::Host);
-            assert_eq!(spec.binds_rw.len(), 2);
-            assert_eq!(
-                spec.binds_rw[0].sandbox,
-                Path::new("/var/lib/kakoi/envs/v1/abc")
-            );
-            assert_eq!(
-                spec.binds_rw[0].host,
-                Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1")
-            );
-            assert!(spec.binds_ro.iter().all(|b| b.host == b.sandbox));
-            assert!(
-                spec.env
+        for mode in [CacheMode::Shared, CacheMode::Private] {
+            let ctx = BuildContext {
+                toolchain: &toolchain,
+                interpreter: &interpreter,
+                options: &options,
+                limits: &limits,
+                final_dir: Path::new("/var/lib/kakoi/envs/v1/abc"),
+                staging: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"),
+                cache: Path::new("/var/lib/kakoi/uv-cache"),
+                mode,
+            };
+            for step in [BuildStep::Resolve, BuildStep::Install, BuildStep::Compile] {
+                let spec = ctx.spec(step);
+                let argv: Vec<String> = spec
+                    .argv
                     .iter()
-                    .any(|(k, v)| k == "PYC_INVALIDATION_MODE" && v == "UNCHECKED_HASH")
-            );
-            if step == BuildStep::Install {
-                assert!(argv.iter().any(|a| a == "--compile-bytecode"));
-                assert!(argv.iter().any(|a| a == "--require-hashes"));
-            } else {
-                assert!(argv.iter().any(|a| a == "--generate-hashes"));
-                assert!(argv.iter().any(|a| a == "2025-06-01T00:00:00Z"));
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let has = |flag: &str| argv.iter().any(|a| a == flag);
+                assert_eq!(argv[0], "/bin/sh");
+                assert_eq!(
+                    spec.binds_rw[0].sandbox,
+                    Path::new("/var/lib/kakoi/envs/v1/abc")
+                );
+                assert_eq!(
+                    spec.binds_rw[0].host,
+                    Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1")
+                );
+                assert!(spec.binds_ro.iter().all(|b| b.host == b.sandbox));
+                assert!(
+                    spec.env
+                        .iter()
+                        .any(|(k, v)| k == "PYC_INVALIDATION_MODE" && v == "UNCHECKED_HASH")
+                );
+                // uv never compiles bytecode: the interpreter does, in its own step.
+                assert!(!has("--compile-bytecode"), "{argv:?}");
+                if step == BuildStep::Compile {
+                    // No cache, no network, no uv; the interpreter without `site`.
+                    assert_eq!(spec.network, Network::None);
+                    assert_eq!(spec.binds_rw.len(), 1, "{:?}", spec.binds_rw);
+                    assert!(!has("--index-url") && !has("--no-build"));
+                    assert!(has("-I") && has("-S"), "{argv:?}");
+                    assert!(has("/usr/bin/python3.11"));
+                    assert_eq!(argv.last().unwrap(), "/var/lib/kakoi/envs/v1/abc/venv/lib");
+                    continue;
+                }
+                assert!(has("--index-url"));
+                assert!(has("https://mirror.invalid/simple"));
+                assert_eq!(spec.network, Network::Host);
+                assert_eq!(spec.binds_rw.len(), 2);
+                assert_eq!(spec.binds_rw[1].host, Path::new("/var/lib/kakoi/uv-cache"));
+                // Package code never runs while the shared cache is writable.
+                assert_eq!(
+                    has("--no-build"),
+                    mode == CacheMode::Shared,
+                    "{mode:?} {step:?}"
+                );
+                if step == BuildStep::Install {
+                    assert!(has("--require-hashes"));
+                    assert!(has("copy"));
+                } else {
+                    assert!(has("--generate-hashes"));
+                    assert!(has("2025-06-01T00:00:00Z"));
+                }
             }
         }
     }

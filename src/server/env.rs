@@ -108,7 +108,7 @@ impl From<&EnvError> for EnvFailure {
                 exit_code,
                 message,
             } => (
-                format!("{step} failed: uv exited with {exit_code}"),
+                format!("{step} failed: {} exited with {exit_code}", step.program()),
                 Some(message.clone()),
             ),
             other => (crate::env::error_chain(other), None),
