@@ -3,11 +3,13 @@
 //! ```text
 //! <data>/
 //!   toolchain/            host-uv<V>-ruff<V>-<arch>/bin/{uv,ruff}, python-*.json, nix-env/, nix.json
-//!   uv-cache/             uv's cache, writable only by build sandboxes (uid BUILD_HOST_ID)
+//!   uv-cache/             uv's shared cache (uid BUILD_HOST_ID), mounted only into
+//!                         wheel-only build steps, where uv alone writes it
 //!   envs/v1/
 //!     <digest>/           one env: venv/, requirements.in, requirements.lock, kakoi-env.json
 //!     .locks/<digest>.lock  flock: exclusive while building or deleting, shared while in use
 //!     .staging/<digest>.<pid>.<n>/   a build in progress (or a dead one, swept)
+//!     .staging/<digest>.<pid>.<n>.uv-cache/   a source build's private uv cache
 //!     .trash/             envs being deleted (renamed here first, so deletion is atomic)
 //! ```
 //!
