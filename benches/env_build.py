@@ -4,7 +4,7 @@
 Alternates, N times each, both starting from an empty uv cache (so both download):
 
   kakoi: kakoi env build -r req --data-dir <fresh dir with the toolchain already installed>
-         (uv pip compile --no-build + uv venv + uv pip sync --no-build --link-mode copy,
+         (uv pip compile --no-build + uv venv + uv pip sync --no-build --link-mode hardlink,
           then python -I -S compileall, in three sandbox runs, then chown and rename into
           the store)
   uv:    uv venv v && uv pip install -r req --compile-bytecode --cache-dir <fresh>
@@ -110,7 +110,7 @@ def main():
              "--generate-hashes", "--python", python, "--no-build"],
             [uv, "venv", "-q", "--python", python, "venv"],
             [uv, "pip", "sync", "-q", "requirements.lock", "--python", "venv/bin/python",
-             "--link-mode", "copy", "--require-hashes", "--no-build"],
+             "--link-mode", "hardlink", "--require-hashes", "--no-build"],
             [python, "-I", "-S", "-c", COMPILE_PY, os.path.join(d, "venv", "lib")],
         ):
             subprocess.run(argv, cwd=d, env=env, check=True, capture_output=True)

@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -479,6 +480,13 @@ def build_ok(wheel_directory):
     except OSError as e:
         seen["planted"] = False
         seen["plant_error"] = e.__class__.__name__
+    # Its own cache is writable (and must not be the shared one).
+    try:
+        with open(os.path.join(seen["uv_cache_dir"], "kakoi-poisoned"), "w") as f:
+            f.write("planted by a package build")
+        seen["planted_in_own_cache"] = True
+    except OSError:
+        seen["planted_in_own_cache"] = False
     files = {
         "kakoisource.py": "SEEN = " + repr(json.dumps(seen)) + "\\n",
         "kakoisource-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: kakoisource\\nVersion: 1.0\\n",
@@ -699,6 +707,22 @@ fn source_builds_never_see_the_shared_uv_cache() {
     let wheels = write(dir.path(), "wheels.txt", "six==1.17.0\n");
     let doc = build(&wheels);
     assert_eq!(meta(&doc)["build_cache"], "shared", "{doc}");
+    // uv hard-linked the env's files to the cache (one mount inside the build sandbox),
+    // and the env is the store's and read-only, through both names.
+    let six = data
+        .path()
+        .join("envs/v1")
+        .join(doc["env"]["digest"].as_str().unwrap())
+        .join("venv/lib/python3.11/site-packages/six.py");
+    let meta_six = std::fs::metadata(&six).unwrap();
+    assert_eq!(
+        meta_six.nlink(),
+        2,
+        "{} is linked to the cache",
+        six.display()
+    );
+    assert_eq!(meta_six.uid(), nix::unistd::geteuid().as_raw());
+    assert_eq!(meta_six.mode() & 0o022, 0);
     // Files of the shared cache and their contents.
     let cached = |p: &Path| -> BTreeMap<String, Vec<u8>> {
         walkdir(p)
@@ -732,13 +756,15 @@ fn source_builds_never_see_the_shared_uv_cache() {
     let seen: Value = serde_json::from_str(result.stdout.trim()).unwrap();
     assert_eq!(seen["planted"], false, "{seen}");
     assert_eq!(seen["target_visible"], false, "{seen}");
-    let private = seen["uv_cache_dir"].as_str().unwrap();
-    assert_ne!(Path::new(private), shared_cache, "{seen}");
-    assert!(private.ends_with(".uv-cache"), "{seen}");
-    assert!(
-        !Path::new(private).exists(),
-        "the private cache is removed after the build: {private}"
-    );
+    // Its own cache was writable; it was not the shared one, and it is gone with the build
+    // (the env's files are no longer linked to anything).
+    assert_eq!(seen["planted_in_own_cache"], true, "{seen}");
+    let module = data
+        .path()
+        .join("envs/v1")
+        .join(doc["env"]["digest"].as_str().unwrap())
+        .join("venv/lib/python3.11/site-packages/kakoisource.py");
+    assert_eq!(std::fs::metadata(&module).unwrap().nlink(), 1);
     // The wheel-only attempt added uv's own records of the sdist (inert data: nothing in a
     // shared-cache build builds it); what was there is unchanged, and nothing was planted.
     let after = cached(&shared_cache);
@@ -928,13 +954,22 @@ fn a_killed_build_leaves_nothing_visible_and_is_swept() {
         "the build ended by itself: {}",
         log()
     );
-    // The sdist has no wheel: the build runs in a private uv cache beside its staging dir.
+    // The sdist has no wheel: the build runs with a private uv cache in its directory; the
+    // shared one is back in place.
     assert_eq!(
         staging_entries(&data_path),
-        2,
-        "a source build in progress has a staging dir and a private uv cache: {}",
+        1,
+        "a build in progress has its directory: {}",
         log()
     );
+    let build_dir = std::fs::read_dir(data_path.join("envs/v1/.staging"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(build_dir.join("uv-cache").is_dir(), "{}", log());
+    assert!(data_path.join("uv-cache").is_dir(), "{}", log());
     child.kill().unwrap();
     child.wait().unwrap();
     // The sandbox dies with its launcher (PDEATHSIG and pid 1's death).
@@ -960,7 +995,7 @@ fn a_killed_build_leaves_nothing_visible_and_is_swept() {
     let gc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         gc["swept_staging"], 1,
-        "one dead build (its private cache goes with it): {gc}"
+        "one dead build, its private cache with it: {gc}"
     );
     assert_eq!(staging_entries(&data_path), 0);
 }

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Version of the way kakoi builds envs (uv flags, layout, pyc mode). Bump it when a change
 /// would make an existing env differ from what a new build produces.
-pub const RECIPE: &str = "kakoi-env-recipe-2: uv pip compile --generate-hashes [--no-build]; uv venv; uv pip sync --link-mode copy [--no-build]; python -I -S compileall unchecked-hash; wheels first, source builds in a private cache";
+pub const RECIPE: &str = "kakoi-env-recipe-2: uv pip compile --generate-hashes [--no-build]; uv venv; uv pip sync --link-mode hardlink (cache in the build dir) [--no-build]; python -I -S compileall unchecked-hash; wheels first, source builds in a private cache";
 
 /// Length of a digest in hex characters.
 pub const DIGEST_LEN: usize = 32;

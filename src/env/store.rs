@@ -3,13 +3,14 @@
 //! ```text
 //! <data>/
 //!   toolchain/            host-uv<V>-ruff<V>-<arch>/bin/{uv,ruff}, python-*.json, nix-env/, nix.json
-//!   uv-cache/             uv's shared cache (uid BUILD_HOST_ID), mounted only into
-//!                         wheel-only build steps, where uv alone writes it
+//!   uv-cache/             uv's shared cache (uid BUILD_HOST_ID), moved into a wheel-only
+//!                         build's directory while it runs (uv alone writes it there)
 //!   envs/v1/
 //!     <digest>/           one env: venv/, requirements.in, requirements.lock, kakoi-env.json
 //!     .locks/<digest>.lock  flock: exclusive while building or deleting, shared while in use
-//!     .staging/<digest>.<pid>.<n>/   a build in progress (or a dead one, swept)
-//!     .staging/<digest>.<pid>.<n>.uv-cache/   a source build's private uv cache
+//!     .staging/<digest>.<pid>.<n>/   a build in progress (or a dead one, swept):
+//!                         v1/<digest>/ (the env being built) and, while uv runs, uv-cache/
+//!                         (the shared cache moved in, or a source build's private one)
 //!     .trash/             envs being deleted (renamed here first, so deletion is atomic)
 //! ```
 //!
@@ -514,6 +515,11 @@ impl EnvStore {
         self.envs.join(".locks").join("uv-cache.lock")
     }
 
+    /// Exclusive while a build has the shared uv cache moved into its directory.
+    fn uv_cache_lease_path(&self) -> PathBuf {
+        self.envs.join(".locks").join("uv-cache-lease.lock")
+    }
+
     /// Build one env (the caller holds the digest's exclusive lock).
     fn build(
         &self,
@@ -527,17 +533,21 @@ impl EnvStore {
         let started = Instant::now();
         let build_ids = build_ids(backend)?;
         self.sweep_staging(Some(digest));
-        let staging = self
+        // The build's own directory: it holds the env at `v1/<digest>` and, while uv runs,
+        // a uv cache at `uv-cache`; it is bound at `<data>/envs` in the sandbox, so the env
+        // is at its final path and the cache in the same mount (uv can hard-link).
+        let build_root = self
             .envs
             .join(".staging")
             .join(format!("{digest}.{}", fsutil::unique_suffix()));
+        let staging = build_root.join(self.envs_version_dir()).join(digest);
         let final_dir = self.envs.join(digest);
         let result = self.build_in(
             request,
             toolchain,
             interpreter,
             digest,
-            &staging,
+            (&build_root, &staging),
             build_ids,
             backend,
             progress,
@@ -546,10 +556,13 @@ impl EnvStore {
         let result = result.and_then(|()| {
             std::fs::rename(&staging, &final_dir).map_err(io("rename into place", &staging))
         });
-        if result.is_err() {
-            let _ = fsutil::remove_tree(&staging);
-        }
+        let _ = fsutil::remove_tree(&build_root);
         result
+    }
+
+    /// `v1`: the last component of the envs directory, repeated inside a build's directory.
+    fn envs_version_dir(&self) -> &std::ffi::OsStr {
+        self.envs.file_name().unwrap_or(std::ffi::OsStr::new("v1"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -559,7 +572,7 @@ impl EnvStore {
         toolchain: &Toolchain,
         interpreter: &Interpreter,
         digest: &str,
-        staging: &Path,
+        (build_root, staging): (&Path, &Path),
         (build_uid, build_gid): (u32, u32),
         backend: &dyn Backend,
         progress: &mut dyn Progress,
@@ -568,36 +581,27 @@ impl EnvStore {
         let root = nix::unistd::geteuid().is_root();
         // Keeps `gc --uv-cache` from emptying the cache under a running build.
         let _cache_in_use = fsutil::lock(&self.uv_cache_lock_path(), FlockArg::LockShared)?;
-        fsutil::create_dir(staging, 0o755)?;
-        let requirements_in = staging.join(REQUIREMENTS_IN);
-        std::fs::write(&requirements_in, request.requirements.to_text())
-            .map_err(io("write", &requirements_in))?;
-        let shared_cache = self.uv_cache_dir();
-        if !shared_cache.is_dir() {
-            fsutil::create_dir(&shared_cache, 0o700)?;
-        }
-        if root {
-            for dir in [staging, shared_cache.as_path()] {
+        let version_dir = build_root.join(self.envs_version_dir());
+        for dir in [build_root, version_dir.as_path(), staging] {
+            fsutil::create_dir(dir, 0o755)?;
+            if root {
                 std::os::unix::fs::chown(dir, Some(build_uid), Some(build_gid))
                     .map_err(io("chown", dir))?;
             }
         }
-        // A source build's own cache; named after the staging directory, so the staging
-        // sweep removes it with a killed build's staging directory.
-        let private_cache = PathBuf::from(format!("{}.uv-cache", staging.display()));
-        let result = self.build_steps(
+        let requirements_in = staging.join(REQUIREMENTS_IN);
+        std::fs::write(&requirements_in, request.requirements.to_text())
+            .map_err(io("write", &requirements_in))?;
+        let mode = self.build_steps(
             request,
             toolchain,
             interpreter,
             digest,
-            staging,
-            (&shared_cache, &private_cache),
+            (build_root, staging),
             (build_uid, build_gid),
             backend,
             progress,
-        );
-        let _ = fsutil::remove_tree(&private_cache);
-        let mode = result?;
+        )?;
         let final_dir = self.envs.join(digest);
         let lock_path = staging.join(REQUIREMENTS_LOCK);
         let lock = std::fs::read_to_string(&lock_path).map_err(io("read", &lock_path))?;
@@ -631,6 +635,15 @@ impl EnvStore {
     /// The sandboxed steps: resolve and install from wheels with the shared cache; when a
     /// package has no wheel, again from the start with a private cache and source builds
     /// allowed; then compile the bytecode. Returns the cache mode that built the env.
+    ///
+    /// The shared cache is *moved* into the build's directory for the wheel-only attempt
+    /// (under an exclusive lease: one build uses it at a time) and moved back after it, so
+    /// that it lies in the same mount as the env inside the sandbox and uv hard-links the
+    /// installed files instead of copying them. The env then shares inodes with the cache;
+    /// that is safe because only uv writes the shared cache (no package code runs while it
+    /// is mounted) and uv never rewrites a cached file in place, and because the env is
+    /// chowned to the store's owner and made read-only afterwards, which the cache's links
+    /// see too.
     #[allow(clippy::too_many_arguments)]
     fn build_steps(
         &self,
@@ -638,8 +651,7 @@ impl EnvStore {
         toolchain: &Toolchain,
         interpreter: &Interpreter,
         digest: &str,
-        staging: &Path,
-        (shared_cache, private_cache): (&Path, &Path),
+        (build_root, staging): (&Path, &Path),
         (build_uid, build_gid): (u32, u32),
         backend: &dyn Backend,
         progress: &mut dyn Progress,
@@ -647,73 +659,126 @@ impl EnvStore {
         let root = nix::unistd::geteuid().is_root();
         let final_dir = self.envs.join(digest);
         let count = request.requirements.lines().len();
-        let resolve_text = format!(
-            "resolving {count} requirement{} with uv {} for python {}",
-            if count == 1 { "" } else { "s" },
-            toolchain.uv_version,
-            interpreter.version
-        );
-        let install_text = format!("installing environment {}", &digest[..12]);
-        let mut mode = CacheMode::Shared;
-        'attempt: loop {
-            let cache = match mode {
-                CacheMode::Shared => shared_cache,
-                CacheMode::Private => private_cache,
-            };
-            let ctx = BuildContext {
-                toolchain,
-                interpreter,
-                options: &request.options,
-                limits: &self.limits,
-                final_dir: &final_dir,
-                staging,
-                cache,
-                mode,
-            };
-            for (step, text) in [
-                (BuildStep::Resolve, resolve_text.as_str()),
-                (BuildStep::Install, install_text.as_str()),
-            ] {
-                let result = run_step(&ctx, step, text, backend, progress)?;
-                if mode == CacheMode::Shared
-                    && result.status == Status::RuntimeError
-                    && uv::needs_source_build(&result.stderr)
-                {
-                    progress.message(
-                        "a package has no wheel for this platform: building from source, in a uv cache of this build's own",
-                    );
-                    tracing::info!(
-                        stage = step.stage(),
-                        "no wheel-only resolution: retrying with a private uv cache"
-                    );
-                    fsutil::remove_tree(&staging.join(VENV))?;
-                    let lock = staging.join(REQUIREMENTS_LOCK);
-                    match std::fs::remove_file(&lock) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(io("remove", &lock)(e));
-                        }
-                        _ => {}
-                    }
-                    fsutil::create_dir(private_cache, 0o700)?;
-                    if root {
-                        std::os::unix::fs::chown(private_cache, Some(build_uid), Some(build_gid))
-                            .map_err(io("chown", private_cache))?;
-                    }
-                    mode = CacheMode::Private;
-                    continue 'attempt;
-                }
-                check_step(step, &result)?;
+        let texts = [
+            format!(
+                "resolving {count} requirement{} with uv {} for python {}",
+                if count == 1 { "" } else { "s" },
+                toolchain.uv_version,
+                interpreter.version
+            ),
+            format!("installing environment {}", &digest[..12]),
+        ];
+        let cache_here = build_root.join(uv::BUILD_CACHE);
+        let make_dir = |dir: &Path| -> Result<(), EnvError> {
+            fsutil::create_dir(dir, 0o700)?;
+            if root {
+                std::os::unix::fs::chown(dir, Some(build_uid), Some(build_gid))
+                    .map_err(io("chown", dir))?;
             }
-            let result = run_step(
-                &ctx,
-                BuildStep::Compile,
-                "compiling bytecode",
-                backend,
-                progress,
-            )?;
-            check_step(BuildStep::Compile, &result)?;
-            return Ok(mode);
+            Ok(())
+        };
+        let ctx = |mode| BuildContext {
+            toolchain,
+            interpreter,
+            options: &request.options,
+            limits: &self.limits,
+            final_dir: &final_dir,
+            staging,
+            build_root,
+            mode,
+        };
+
+        // Wheels only, with the shared cache.
+        let shared = self.uv_cache_dir();
+        let lease = fsutil::lock(&self.uv_cache_lease_path(), FlockArg::LockExclusive)?;
+        if !shared.is_dir() {
+            make_dir(&shared)?;
         }
+        let attempt = match std::fs::rename(&shared, &cache_here) {
+            Ok(()) => {
+                let attempt =
+                    self.resolve_and_install(&ctx(CacheMode::Shared), &texts, backend, progress);
+                let back = std::fs::rename(&cache_here, &shared)
+                    .map_err(io("move the uv cache back to", &shared));
+                drop(lease);
+                back?;
+                attempt?
+            }
+            Err(e) => {
+                // Not on the same filesystem as the store (a separate mount or a symlink):
+                // no wheel-only attempt, a private cache instead.
+                drop(lease);
+                tracing::warn!(
+                    "cannot move the shared uv cache {} into the build ({e}): using a private cache",
+                    shared.display()
+                );
+                Attempt::NeedsSource
+            }
+        };
+        if attempt == Attempt::Installed {
+            self.compile(&ctx(CacheMode::Shared), backend, progress)?;
+            return Ok(CacheMode::Shared);
+        }
+
+        // A source build: a cache of its own, removed after it.
+        progress.message(
+            "a package has no wheel for this platform: building from source, in a uv cache of this build's own",
+        );
+        tracing::info!("no wheel-only resolution: building with a private uv cache");
+        fsutil::remove_tree(&staging.join(VENV))?;
+        let lock = staging.join(REQUIREMENTS_LOCK);
+        match std::fs::remove_file(&lock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove", &lock)(e));
+            }
+            _ => {}
+        }
+        make_dir(&cache_here)?;
+        let attempt = self.resolve_and_install(&ctx(CacheMode::Private), &texts, backend, progress);
+        let _ = fsutil::remove_tree(&cache_here);
+        attempt?;
+        self.compile(&ctx(CacheMode::Private), backend, progress)?;
+        Ok(CacheMode::Private)
+    }
+
+    /// Resolve, then install. In a wheel-only attempt, a package without a wheel is
+    /// [`Attempt::NeedsSource`], not an error.
+    fn resolve_and_install(
+        &self,
+        ctx: &BuildContext<'_>,
+        texts: &[String; 2],
+        backend: &dyn Backend,
+        progress: &mut dyn Progress,
+    ) -> Result<Attempt, EnvError> {
+        for (step, text) in [BuildStep::Resolve, BuildStep::Install].iter().zip(texts) {
+            let result = run_step(ctx, *step, text, backend, progress)?;
+            if ctx.mode == CacheMode::Shared
+                && result.status == Status::RuntimeError
+                && uv::needs_source_build(&result.stderr)
+            {
+                tracing::info!(stage = step.stage(), "a package has no wheel");
+                return Ok(Attempt::NeedsSource);
+            }
+            check_step(*step, &result)?;
+        }
+        Ok(Attempt::Installed)
+    }
+
+    /// The bytecode step.
+    fn compile(
+        &self,
+        ctx: &BuildContext<'_>,
+        backend: &dyn Backend,
+        progress: &mut dyn Progress,
+    ) -> Result<(), EnvError> {
+        let result = run_step(
+            ctx,
+            BuildStep::Compile,
+            "compiling bytecode",
+            backend,
+            progress,
+        )?;
+        check_step(BuildStep::Compile, &result)
     }
 
     /// Remove staging directories whose build is gone: their digest's lock is free (or, for
@@ -737,9 +802,7 @@ impl EnvStore {
             } else {
                 false
             };
-            // A source build's private uv cache goes with its build's staging directory
-            // and is not counted apart.
-            if stale && fsutil::remove_tree(&entry.path()).is_ok() && !name.ends_with(".uv-cache") {
+            if stale && fsutil::remove_tree(&entry.path()).is_ok() {
                 swept += 1;
             }
         }
@@ -910,6 +973,14 @@ fn digest_of(request: &EnvRequest, toolchain: &Toolchain, interpreter: &Interpre
         exclude_newer: request.options.exclude_newer.as_deref(),
     }
     .digest()
+}
+
+/// How a resolve-and-install attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Installed,
+    /// Wheel-only, and some package has none.
+    NeedsSource,
 }
 
 /// Run one build step in the sandbox, with progress.

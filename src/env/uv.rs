@@ -1,18 +1,23 @@
 //! The three sandboxed steps of a build, as [`RunSpec`]s, and the reading of uv's output.
 //!
-//! Every step sees the toolchain read-only at its host paths and the staging directory
-//! writable at the env's *final* path, and nothing else of the host but what its step needs:
-//! - **resolve** (`uv pip compile`) and **install** (`uv venv` + `uv pip sync`): the uv
-//!   cache writable at its host path, the host's network and resolver files;
-//! - **compile** (the interpreter's `compileall`, `-I -S`): no cache, no network.
+//! Every step sees the toolchain read-only at its host paths, the env being built writable
+//! at its *final* path, and nothing else of the host but what its step needs:
+//! - **resolve** (`uv pip compile`) and **install** (`uv venv` + `uv pip sync`): the build's
+//!   directory is bound writable at `<data>/envs`, so the env is at `<data>/envs/v1/<digest>`
+//!   and the uv cache at `<data>/envs/uv-cache`, in the same mount: uv hard-links installed
+//!   files out of the cache instead of copying them; plus the host's network and resolver
+//!   files;
+//! - **compile** (the interpreter's `compileall`, `-I -S`): the env alone, no cache, no
+//!   network.
 //!
 //! Which uv cache, and whether packages may be built from source, is the [`CacheMode`]:
-//! builds from wheels alone share one cache, because in them no package code runs while that
-//! cache is writable (uv only downloads and unpacks, and bytecode is compiled in the separate
-//! step without the cache); a build that needs to run a package's build code gets a private
-//! cache of its own, removed after the build, so it cannot tamper with what other builds use.
-//! uv's stdout is sent to stderr (`1>&2`) so that a streamed build never writes to the
-//! launcher's stdout (`--json`).
+//! builds from wheels alone use the shared cache (moved into the build's directory for the
+//! time of the build), because in them no package code runs while that cache is writable (uv
+//! only downloads and unpacks, and bytecode is compiled in the separate step without the
+//! cache); a build that needs to run a package's build code gets a private cache of its own,
+//! removed after the build, so it cannot tamper with what other builds use. uv's stdout is
+//! sent to stderr (`1>&2`) so that a streamed build never writes to the launcher's stdout
+//! (`--json`).
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +92,9 @@ const COMPILE_PY: &str = "import compileall, py_compile, sys\n\
 compileall.compile_dir(sys.argv[1], quiet=1, workers=0, \
 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n";
 
+/// Name of the uv cache inside a build's directory.
+pub(crate) const BUILD_CACHE: &str = "uv-cache";
+
 /// What a build step needs to know.
 pub(crate) struct BuildContext<'a> {
     pub toolchain: &'a Toolchain,
@@ -95,12 +103,29 @@ pub(crate) struct BuildContext<'a> {
     pub limits: &'a BuildLimits,
     /// Final path of the env (where the staging directory is bound).
     pub final_dir: &'a Path,
-    /// Host staging directory.
+    /// Host staging directory: the env being built, `<build_root>/v1/<digest>`.
     pub staging: &'a Path,
-    /// uv cache directory (the shared one, or this build's own).
-    pub cache: &'a Path,
-    /// Which cache `cache` is.
+    /// The build's host directory, bound at `<data>/envs` for the uv steps; it holds the
+    /// env and, at [`BUILD_CACHE`], the uv cache (the shared one moved in, or a private one).
+    pub build_root: &'a Path,
+    /// Which cache the uv steps find at [`BUILD_CACHE`].
     pub mode: CacheMode,
+}
+
+impl BuildContext<'_> {
+    /// `<data>/envs`: where the build's directory is bound for the uv steps.
+    fn sandbox_root(&self) -> PathBuf {
+        self.final_dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(self.final_dir)
+            .to_path_buf()
+    }
+
+    /// The uv cache as the uv steps see it.
+    pub(crate) fn sandbox_cache(&self) -> PathBuf {
+        self.sandbox_root().join(BUILD_CACHE)
+    }
 }
 
 impl BuildContext<'_> {
@@ -148,11 +173,11 @@ impl BuildContext<'_> {
                         REQUIREMENTS_LOCK,
                         "--python",
                         "venv/bin/python",
-                        // The staging dir and the cache are separate bind mounts (hard links
-                        // between them fail with EXDEV), and an env must not share inodes with
-                        // a cache that later builds can write: copy.
+                        // The cache and the env are in one mount (the build's directory):
+                        // uv links files instead of copying them. Only uv writes the cache
+                        // (see `CacheMode`); a private cache is removed after the build.
                         "--link-mode",
-                        "copy",
+                        "hardlink",
                         "--require-hashes",
                         "--no-config",
                     ]
@@ -186,7 +211,7 @@ impl BuildContext<'_> {
                 argv.extend(["--extra-index-url".into(), url.clone()]);
             }
         }
-        let cache = self.cache.display().to_string();
+        let cache = self.sandbox_cache().display().to_string();
         let mut env: Vec<(String, String)> = [
             ("UV_CACHE_DIR", cache.as_str()),
             ("UV_NO_CONFIG", "1"),
@@ -215,13 +240,17 @@ impl BuildContext<'_> {
             host: p.clone(),
             sandbox: p.clone(),
         };
-        let mut binds_rw = vec![Bind {
-            host: self.staging.into(),
-            sandbox: self.final_dir.into(),
-        }];
-        if uv_step {
-            binds_rw.push(same(&self.cache.to_path_buf()));
-        }
+        let binds_rw = if uv_step {
+            vec![Bind {
+                host: self.build_root.into(),
+                sandbox: self.sandbox_root(),
+            }]
+        } else {
+            vec![Bind {
+                host: self.staging.into(),
+                sandbox: self.final_dir.into(),
+            }]
+        };
         RunSpec {
             argv: argv.into_iter().map(Into::into).collect(),
             env,
@@ -352,8 +381,8 @@ mod tests {
                 options: &options,
                 limits: &limits,
                 final_dir: Path::new("/var/lib/kakoi/envs/v1/abc"),
-                staging: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"),
-                cache: Path::new("/var/lib/kakoi/uv-cache"),
+                staging: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1/v1/abc"),
+                build_root: Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1"),
                 mode,
             };
             for step in [BuildStep::Resolve, BuildStep::Install, BuildStep::Compile] {
@@ -365,14 +394,22 @@ mod tests {
                     .collect();
                 let has = |flag: &str| argv.iter().any(|a| a == flag);
                 assert_eq!(argv[0], "/bin/sh");
-                assert_eq!(
-                    spec.binds_rw[0].sandbox,
-                    Path::new("/var/lib/kakoi/envs/v1/abc")
-                );
-                assert_eq!(
-                    spec.binds_rw[0].host,
-                    Path::new("/var/lib/kakoi/envs/v1/.staging/abc.1")
-                );
+                // One writable bind: the env alone (compile), or the build's directory,
+                // holding the env and the cache, at `<data>/envs` (uv).
+                assert_eq!(spec.binds_rw.len(), 1, "{:?}", spec.binds_rw);
+                let (host, sandbox) = if step == BuildStep::Compile {
+                    (
+                        "/var/lib/kakoi/envs/v1/.staging/abc.1/v1/abc",
+                        "/var/lib/kakoi/envs/v1/abc",
+                    )
+                } else {
+                    (
+                        "/var/lib/kakoi/envs/v1/.staging/abc.1",
+                        "/var/lib/kakoi/envs",
+                    )
+                };
+                assert_eq!(spec.binds_rw[0].host, Path::new(host));
+                assert_eq!(spec.binds_rw[0].sandbox, Path::new(sandbox));
                 assert!(spec.binds_ro.iter().all(|b| b.host == b.sandbox));
                 assert!(
                     spec.env
@@ -384,7 +421,6 @@ mod tests {
                 if step == BuildStep::Compile {
                     // No cache, no network, no uv; the interpreter without `site`.
                     assert_eq!(spec.network, Network::None);
-                    assert_eq!(spec.binds_rw.len(), 1, "{:?}", spec.binds_rw);
                     assert!(!has("--index-url") && !has("--no-build"));
                     assert!(has("-I") && has("-S"), "{argv:?}");
                     assert!(has("/usr/bin/python3.11"));
@@ -394,8 +430,11 @@ mod tests {
                 assert!(has("--index-url"));
                 assert!(has("https://mirror.invalid/simple"));
                 assert_eq!(spec.network, Network::Host);
-                assert_eq!(spec.binds_rw.len(), 2);
-                assert_eq!(spec.binds_rw[1].host, Path::new("/var/lib/kakoi/uv-cache"));
+                assert!(
+                    spec.env
+                        .iter()
+                        .any(|(k, v)| k == "UV_CACHE_DIR" && v == "/var/lib/kakoi/envs/uv-cache")
+                );
                 // Package code never runs while the shared cache is writable.
                 assert_eq!(
                     has("--no-build"),
@@ -404,7 +443,7 @@ mod tests {
                 );
                 if step == BuildStep::Install {
                     assert!(has("--require-hashes"));
-                    assert!(has("copy"));
+                    assert!(has("hardlink"));
                 } else {
                     assert!(has("--generate-hashes"));
                     assert!(has("2025-06-01T00:00:00Z"));
