@@ -1936,24 +1936,29 @@ fn base64_decode(s: &str) -> Vec<u8> {
 // The job manager as a library (what the MCP server and the environment builder use).
 // ---------------------------------------------------------------------------------------
 
+/// A pool of this build's `kakoi __launch` workers with default settings.
+fn pool_config() -> kakoi::server::pool::PoolConfig {
+    let settings = kakoi::server::worker::WorkerSettings {
+        cgroups: Default::default(),
+        seccomp: Default::default(),
+        landlock: Default::default(),
+        runtime_dir: None,
+        host_id: None,
+        manager_pid: 0,
+    };
+    let mut config = kakoi::server::pool::PoolConfig::new(settings).unwrap();
+    config.program = env!("CARGO_BIN_EXE_kakoi").into();
+    config
+}
+
 #[test]
 fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
     use kakoi::Backend as _;
-    use kakoi::server::pool::{PoolConfig, WorkerPool};
-    use kakoi::server::worker::WorkerSettings;
+    use kakoi::server::pool::WorkerPool;
     let _g = setup!();
     let rt = runtime();
     rt.block_on(async {
-        let settings = WorkerSettings {
-            cgroups: Default::default(),
-            seccomp: Default::default(),
-            landlock: Default::default(),
-            runtime_dir: None,
-            host_id: None,
-            manager_pid: 0,
-        };
-        let mut config = PoolConfig::new(settings).unwrap();
-        config.program = env!("CARGO_BIN_EXE_kakoi").into();
+        let mut config = pool_config();
         config.workers = 2;
         let pool = WorkerPool::start(config).await.unwrap();
         let launchers: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
@@ -2091,21 +2096,11 @@ fn the_pool_runs_async_jobs_and_blocking_backend_calls() {
 /// stdin during a call).
 #[test]
 fn a_shutdown_right_after_a_cancellation_waits_for_the_cleanup() {
-    use kakoi::server::pool::{PoolConfig, WorkerPool};
-    use kakoi::server::worker::WorkerSettings;
+    use kakoi::server::pool::WorkerPool;
     let _g = setup!();
     let rt = runtime();
     rt.block_on(async {
-        let settings = WorkerSettings {
-            cgroups: Default::default(),
-            seccomp: Default::default(),
-            landlock: Default::default(),
-            runtime_dir: None,
-            host_id: None,
-            manager_pid: 0,
-        };
-        let mut config = PoolConfig::new(settings).unwrap();
-        config.program = env!("CARGO_BIN_EXE_kakoi").into();
+        let mut config = pool_config();
         config.workers = 1;
         config.prestart = true;
         let pool = WorkerPool::start(config).await.unwrap();

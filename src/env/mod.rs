@@ -10,13 +10,15 @@
 //!      ├─ <data>/envs/v1/<digest>/ exists ──▶ cache hit: shared flock ("in use"), no uv, no network
 //!      │
 //!      └─ otherwise, under an exclusive flock on .locks/<digest>.lock:
-//!           staging dir .staging/<digest>.<pid>.<n>, bound writable at the FINAL path
+//!           build dir .staging/<digest>.<pid>.<n>/ = v1/<digest>/ (the env) + uv-cache/
+//!             (the shared cache moved in under a lease), bound writable at <data>/envs, so
+//!             the env is at its FINAL path and in one mount with the cache
 //!           sandbox run 1 (network on): uv pip compile --no-build → requirements.lock (hashes)
-//!           sandbox run 2 (network on): uv venv + uv pip sync --no-build --link-mode copy
-//!             (both with the shared uv cache; a package without a wheel → both again with a
-//!              private cache .staging/<...>.uv-cache and source builds allowed)
+//!           sandbox run 2 (network on): uv venv + uv pip sync --no-build --link-mode hardlink
+//!             (a package without a wheel → cache moved back, both runs again with an empty
+//!              private uv-cache/ and source builds allowed)
 //!           sandbox run 3 (no network, no cache): python -I -S compileall (unchecked-hash pycs)
-//!           chown to the store owner, drop write bits, rename(staging, <digest>)
+//!           chown to the store owner, drop write bits, rename(v1/<digest>, <digest>)
 //! ```
 //!
 //! - [`toolchain`]: the interpreter, uv and ruff. With Nix on PATH, `nix-env/` is realised

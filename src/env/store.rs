@@ -542,17 +542,16 @@ impl EnvStore {
             .join(format!("{digest}.{}", fsutil::unique_suffix()));
         let staging = build_root.join(self.envs_version_dir()).join(digest);
         let final_dir = self.envs.join(digest);
-        let result = self.build_in(
+        let job = BuildJob {
             request,
             toolchain,
             interpreter,
             digest,
-            (&build_root, &staging),
-            build_ids,
-            backend,
-            progress,
-            started,
-        );
+            build_root: &build_root,
+            staging: &staging,
+            ids: build_ids,
+        };
+        let result = self.build_in(&job, backend, progress, started);
         let result = result.and_then(|()| {
             std::fs::rename(&staging, &final_dir).map_err(io("rename into place", &staging))
         });
@@ -565,19 +564,22 @@ impl EnvStore {
         self.envs.file_name().unwrap_or(std::ffi::OsStr::new("v1"))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn build_in(
         &self,
-        request: &EnvRequest,
-        toolchain: &Toolchain,
-        interpreter: &Interpreter,
-        digest: &str,
-        (build_root, staging): (&Path, &Path),
-        (build_uid, build_gid): (u32, u32),
+        job: &BuildJob<'_>,
         backend: &dyn Backend,
         progress: &mut dyn Progress,
         started: Instant,
     ) -> Result<(), EnvError> {
+        let BuildJob {
+            request,
+            toolchain,
+            interpreter,
+            digest,
+            build_root,
+            staging,
+            ids: (build_uid, build_gid),
+        } = *job;
         let root = nix::unistd::geteuid().is_root();
         // Keeps `gc --uv-cache` from emptying the cache under a running build.
         let _cache_in_use = fsutil::lock(&self.uv_cache_lock_path(), FlockArg::LockShared)?;
@@ -592,16 +594,7 @@ impl EnvStore {
         let requirements_in = staging.join(REQUIREMENTS_IN);
         std::fs::write(&requirements_in, request.requirements.to_text())
             .map_err(io("write", &requirements_in))?;
-        let mode = self.build_steps(
-            request,
-            toolchain,
-            interpreter,
-            digest,
-            (build_root, staging),
-            (build_uid, build_gid),
-            backend,
-            progress,
-        )?;
+        let mode = self.build_steps(job, backend, progress)?;
         let final_dir = self.envs.join(digest);
         let lock_path = staging.join(REQUIREMENTS_LOCK);
         let lock = std::fs::read_to_string(&lock_path).map_err(io("read", &lock_path))?;
@@ -644,31 +637,26 @@ impl EnvStore {
     /// is mounted) and uv never rewrites a cached file in place, and because the env is
     /// chowned to the store's owner and made read-only afterwards, which the cache's links
     /// see too.
-    #[allow(clippy::too_many_arguments)]
     fn build_steps(
         &self,
-        request: &EnvRequest,
-        toolchain: &Toolchain,
-        interpreter: &Interpreter,
-        digest: &str,
-        (build_root, staging): (&Path, &Path),
-        (build_uid, build_gid): (u32, u32),
+        job: &BuildJob<'_>,
         backend: &dyn Backend,
         progress: &mut dyn Progress,
     ) -> Result<CacheMode, EnvError> {
+        let (build_uid, build_gid) = job.ids;
         let root = nix::unistd::geteuid().is_root();
-        let final_dir = self.envs.join(digest);
-        let count = request.requirements.lines().len();
+        let final_dir = self.envs.join(job.digest);
+        let count = job.request.requirements.lines().len();
         let texts = [
             format!(
                 "resolving {count} requirement{} with uv {} for python {}",
                 if count == 1 { "" } else { "s" },
-                toolchain.uv_version,
-                interpreter.version
+                job.toolchain.uv_version,
+                job.interpreter.version
             ),
-            format!("installing environment {}", &digest[..12]),
+            format!("installing environment {}", &job.digest[..12]),
         ];
-        let cache_here = build_root.join(uv::BUILD_CACHE);
+        let cache_here = job.build_root.join(uv::BUILD_CACHE);
         let make_dir = |dir: &Path| -> Result<(), EnvError> {
             fsutil::create_dir(dir, 0o700)?;
             if root {
@@ -678,13 +666,13 @@ impl EnvStore {
             Ok(())
         };
         let ctx = |mode| BuildContext {
-            toolchain,
-            interpreter,
-            options: &request.options,
+            toolchain: job.toolchain,
+            interpreter: job.interpreter,
+            options: &job.request.options,
             limits: &self.limits,
             final_dir: &final_dir,
-            staging,
-            build_root,
+            staging: job.staging,
+            build_root: job.build_root,
             mode,
         };
 
@@ -725,8 +713,8 @@ impl EnvStore {
             "a package has no wheel for this platform: building from source, in a uv cache of this build's own",
         );
         tracing::info!("no wheel-only resolution: building with a private uv cache");
-        fsutil::remove_tree(&staging.join(VENV))?;
-        let lock = staging.join(REQUIREMENTS_LOCK);
+        fsutil::remove_tree(&job.staging.join(VENV))?;
+        let lock = job.staging.join(REQUIREMENTS_LOCK);
         match std::fs::remove_file(&lock) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io("remove", &lock)(e));
@@ -973,6 +961,21 @@ fn digest_of(request: &EnvRequest, toolchain: &Toolchain, interpreter: &Interpre
         exclude_newer: request.options.exclude_newer.as_deref(),
     }
     .digest()
+}
+
+/// One env build: what to build, and where.
+#[derive(Clone, Copy)]
+struct BuildJob<'a> {
+    request: &'a EnvRequest,
+    toolchain: &'a Toolchain,
+    interpreter: &'a Interpreter,
+    digest: &'a str,
+    /// The build's directory (`.staging/<digest>.<pid>.<n>`).
+    build_root: &'a Path,
+    /// The env being built, `<build_root>/v1/<digest>`.
+    staging: &'a Path,
+    /// The host uid and gid build sandboxes run as.
+    ids: (u32, u32),
 }
 
 /// How a resolve-and-install attempt ended.
