@@ -549,6 +549,7 @@ impl EnvStore {
             digest,
             build_root: &build_root,
             staging: &staging,
+            final_dir: &final_dir,
             ids: build_ids,
         };
         let result = self.build_in(&job, backend, progress, started);
@@ -578,24 +579,19 @@ impl EnvStore {
             digest,
             build_root,
             staging,
-            ids: (build_uid, build_gid),
+            final_dir,
+            ids: _,
         } = *job;
-        let root = nix::unistd::geteuid().is_root();
         // Keeps `gc --uv-cache` from emptying the cache under a running build.
         let _cache_in_use = fsutil::lock(&self.uv_cache_lock_path(), FlockArg::LockShared)?;
         let version_dir = build_root.join(self.envs_version_dir());
         for dir in [build_root, version_dir.as_path(), staging] {
-            fsutil::create_dir(dir, 0o755)?;
-            if root {
-                std::os::unix::fs::chown(dir, Some(build_uid), Some(build_gid))
-                    .map_err(io("chown", dir))?;
-            }
+            job.make_dir(dir, 0o755)?;
         }
         let requirements_in = staging.join(REQUIREMENTS_IN);
         std::fs::write(&requirements_in, request.requirements.to_text())
             .map_err(io("write", &requirements_in))?;
         let mode = self.build_steps(job, backend, progress)?;
-        let final_dir = self.envs.join(digest);
         let lock_path = staging.join(REQUIREMENTS_LOCK);
         let lock = std::fs::read_to_string(&lock_path).map_err(io("read", &lock_path))?;
         let euid = nix::unistd::geteuid().as_raw();
@@ -606,7 +602,7 @@ impl EnvStore {
         let (size_bytes, files) = fsutil::tree_size(staging);
         let info = EnvInfo {
             digest: digest.into(),
-            path: final_dir.clone(),
+            path: final_dir.to_path_buf(),
             python: final_dir.join(VENV).join("bin/python"),
             requirements: request.requirements.lines().to_vec(),
             packages: uv::locked_packages(&lock),
@@ -643,9 +639,6 @@ impl EnvStore {
         backend: &dyn Backend,
         progress: &mut dyn Progress,
     ) -> Result<CacheMode, EnvError> {
-        let (build_uid, build_gid) = job.ids;
-        let root = nix::unistd::geteuid().is_root();
-        let final_dir = self.envs.join(job.digest);
         let count = job.request.requirements.lines().len();
         let texts = [
             format!(
@@ -657,20 +650,12 @@ impl EnvStore {
             format!("installing environment {}", &job.digest[..12]),
         ];
         let cache_here = job.build_root.join(uv::BUILD_CACHE);
-        let make_dir = |dir: &Path| -> Result<(), EnvError> {
-            fsutil::create_dir(dir, 0o700)?;
-            if root {
-                std::os::unix::fs::chown(dir, Some(build_uid), Some(build_gid))
-                    .map_err(io("chown", dir))?;
-            }
-            Ok(())
-        };
         let ctx = |mode| BuildContext {
             toolchain: job.toolchain,
             interpreter: job.interpreter,
             options: &job.request.options,
             limits: &self.limits,
-            final_dir: &final_dir,
+            final_dir: job.final_dir,
             staging: job.staging,
             build_root: job.build_root,
             mode,
@@ -680,7 +665,7 @@ impl EnvStore {
         let shared = self.uv_cache_dir();
         let lease = fsutil::lock(&self.uv_cache_lease_path(), FlockArg::LockExclusive)?;
         if !shared.is_dir() {
-            make_dir(&shared)?;
+            job.make_dir(&shared, 0o700)?;
         }
         let attempt = match std::fs::rename(&shared, &cache_here) {
             Ok(()) => {
@@ -721,7 +706,7 @@ impl EnvStore {
             }
             _ => {}
         }
-        make_dir(&cache_here)?;
+        job.make_dir(&cache_here, 0o700)?;
         let attempt = self.resolve_and_install(&ctx(CacheMode::Private), &texts, backend, progress);
         let _ = fsutil::remove_tree(&cache_here);
         attempt?;
@@ -974,8 +959,22 @@ struct BuildJob<'a> {
     build_root: &'a Path,
     /// The env being built, `<build_root>/v1/<digest>`.
     staging: &'a Path,
+    /// Where the env goes, `<data>/envs/v1/<digest>`.
+    final_dir: &'a Path,
     /// The host uid and gid build sandboxes run as.
     ids: (u32, u32),
+}
+
+impl BuildJob<'_> {
+    /// Create a directory the build sandboxes write: as root, it is the build ids'.
+    fn make_dir(&self, dir: &Path, mode: u32) -> Result<(), EnvError> {
+        fsutil::create_dir(dir, mode)?;
+        if nix::unistd::geteuid().is_root() {
+            let (uid, gid) = self.ids;
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io("chown", dir))?;
+        }
+        Ok(())
+    }
 }
 
 /// How a resolve-and-install attempt ended.

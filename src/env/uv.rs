@@ -126,9 +126,7 @@ impl BuildContext<'_> {
     pub(crate) fn sandbox_cache(&self) -> PathBuf {
         self.sandbox_root().join(BUILD_CACHE)
     }
-}
 
-impl BuildContext<'_> {
     /// The sandbox request of one step.
     pub(crate) fn spec(&self, step: BuildStep) -> RunSpec {
         let final_dir = self.final_dir.display().to_string();
